@@ -1,0 +1,335 @@
+"""The pretraining loop: recipe -> data -> backbone -> SSL method -> run folder.
+
+Flat functions in the style of torchvision's ``references/classification/train.py``:
+:func:`train_one_epoch`, :func:`evaluate`, :func:`pretrain`. The run folder holds
+
+* ``recipe.yaml``: the resolved recipe;
+* ``last.pt``: an ssl_ft checkpoint (backbone + metadata) that also carries the optimiser,
+  method heads and queue, written atomically after every epoch; ``--resume`` continues from it;
+* ``epoch_NNNN.pt`` every ``train.save_every`` epochs and ``checkpoint.pt`` at the end:
+  backbone checkpoints that :mod:`ssl_ft.finetune` reads directly;
+* ``tb/``: TensorBoard logs (loss, learning rate, images/s, online kNN/probe AUC and ACC,
+  example reconstructions of restorative methods); ``metrics.jsonl``: one line an epoch.
+
+Randomness is re-seeded from ``(seed, epoch)`` at the start of every epoch, so a run killed and
+resumed at an epoch boundary repeats the same batches and augmentations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from ssl_ft.augment import BatchAugment
+from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
+from ssl_ft.config import from_dict, load_recipe, to_dict
+from ssl_ft.data import ArraySplits, load_data, subsample
+from ssl_ft.errors import UserError
+from ssl_ft.methods import SSLMethod, get_method
+from ssl_ft.models import check_input_size, create_backbone
+from ssl_ft.pretrain.config import PretrainConfig
+from ssl_ft.pretrain.evaluate import extract_features, probe
+from ssl_ft.runtime import (
+    Dist,
+    autocast,
+    cleanup_distributed,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
+
+__all__ = [
+    "build_method", "evaluate", "load_pretrain_recipe", "method_config", "pretrain",
+    "resolved_recipe", "train_one_epoch",
+]
+
+
+def load_pretrain_recipe(path: str | os.PathLike | None, overrides: list[str] = ()) -> PretrainConfig:
+    """Load and fully validate a pretraining recipe, including its ``method_args``."""
+    cfg = load_recipe(path, PretrainConfig, overrides)
+    method_config(cfg, where=str(path) if path else "command line")
+    return cfg
+
+
+def method_config(cfg: PretrainConfig, where: str = "recipe") -> Any:
+    """The method's own Config dataclass built from ``method_args`` (errors name the key)."""
+    cls = get_method(cfg.method)
+    return from_dict(cls.Config, cfg.method_args, where=where, prefix="method_args.")
+
+
+def build_method(cfg: PretrainConfig, splits: ArraySplits) -> SSLMethod:
+    """Backbone + augmentation + SSL method for the data in ``splits``."""
+    info = splits.info
+    backbone = create_backbone(cfg.model.arch, in_chans=info.n_channels, stem=cfg.model.stem,
+                               weights=cfg.model.weights)
+    check_input_size(backbone, info.image_size)
+    augment = BatchAugment(cfg.augment, info.image_size, info.n_channels)
+    cls = get_method(cfg.method)
+    return cls(backbone, method_config(cfg), augment=augment, mean=info.mean, std=info.std,
+               image_size=info.image_size)
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _optimizer(cfg: PretrainConfig, method: SSLMethod) -> torch.optim.Optimizer:
+    params = [p for p in method.parameters() if p.requires_grad]
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    from lightly.utils.lars import LARS
+
+    return LARS(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
+def train_one_epoch(
+    model: torch.nn.Module, method: SSLMethod, loader: DataLoader, optimizer: torch.optim.Optimizer,
+    *, epoch: int, step: int, total_steps: int, lr_fn, device: torch.device, precision: str,
+    max_value: int, writer: Any, show_progress: bool,
+) -> tuple[int, dict[str, float]]:
+    """One pass over ``loader``; returns the global step and the epoch's mean scalars."""
+    model.train()
+    sums: dict[str, float] = {}
+    n_images, start = 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress,
+               mininterval=2.0, file=sys.stderr)
+    for (batch,) in bar:
+        lr = lr_fn(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x = batch.to(device, non_blocking=True).float() / max_value
+        with autocast(device, precision):
+            out = model(x)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        method.after_step(step, total_steps)
+        step += 1
+        n_images += len(x)
+        for key, value in out.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach()) * len(x)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+        if writer is not None and step % 10 == 0:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", lr, step)
+    elapsed = time.perf_counter() - start
+    stats = {k: v / max(1, n_images) for k, v in sums.items()}
+    stats["images_per_s"] = n_images / max(elapsed, 1e-9)
+    stats["lr"] = lr_fn(max(0, step - 1))
+    return step, stats
+
+
+def evaluate(method: SSLMethod, splits: ArraySplits, cfg: PretrainConfig, device: torch.device,
+             precision: str) -> dict[str, float]:
+    """kNN or linear-probe AUC/ACC of the frozen backbone on the validation split."""
+    info = splits.info
+    idx = subsample(splits.labels["train"], limit=cfg.eval.limit, seed=cfg.seed)
+    kw = dict(max_value=info.max_value, mean=info.mean, std=info.std, device=device,
+              precision=precision)
+    bank = extract_features(method.backbone, splits.images["train"][idx], **kw)
+    query = extract_features(method.backbone, splits.images["val"], **kw)
+    res = probe(cfg.eval.method, bank, splits.labels["train"][idx], query, splits.labels["val"],
+                task=info.task, num_classes=info.num_classes, k=cfg.eval.k,
+                temperature=cfg.eval.temperature)
+    return {f"{cfg.eval.method}_auc": res["auc"], f"{cfg.eval.method}_acc": res["acc"]}
+
+
+def _meta(cfg: PretrainConfig, method: SSLMethod, splits: ArraySplits, epoch: int) -> dict:
+    info = splits.info
+    return {
+        "method": cfg.method,
+        "family": method.family,
+        "arch": cfg.model.arch,
+        "in_chans": info.n_channels,
+        "image_size": info.image_size,
+        "stem": cfg.model.stem,
+        "normalization": {"mean": list(info.mean), "std": list(info.std),
+                          "max_value": info.max_value},
+        "recipe": resolved_recipe(cfg),
+        "data": info.name,
+        "data_fingerprint": info.fingerprint,
+        "epoch": epoch,
+    }
+
+
+def resolved_recipe(cfg: PretrainConfig) -> dict:
+    """The recipe as plain data, with every method argument filled in."""
+    data = to_dict(cfg)
+    data["method_args"] = to_dict(method_config(cfg))
+    return data
+
+
+def _head_state(method: SSLMethod) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")}
+
+
+def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path) -> None:
+    old = ckpt_meta.get("recipe", {})
+    for section, key in (("", "method"), ("model", "arch"), ("model", "stem"), ("data", "name")):
+        was = old.get(key) if not section else old.get(section, {}).get(key)
+        now = getattr(cfg, key) if not section else getattr(getattr(cfg, section), key)
+        if was != now:
+            name = f"{section}.{key}" if section else key
+            raise UserError(f"cannot resume {path}: it was made with {name}={was!r}, "
+                            f"the recipe now says {now!r}")
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
+    """Run (or resume) a pretraining recipe; returns the run folder."""
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = resolve_device(f"cuda:{dist.local_rank}")
+    try:
+        return _pretrain(cfg, dist, device, resume, progress)
+    finally:
+        cleanup_distributed()
+
+
+def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: bool,
+              progress: bool | None) -> Path:
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if last.exists() and not resume:
+        raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
+                        "or choose another out=")
+    precision = resolve_precision(cfg.train.precision, device)
+    threads = set_threads(cfg.train.threads, dist)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(cfg.seed)
+    d = cfg.data
+    splits = load_data(d.name, data_root=d.root, size=d.size, channels=d.channels, limit=d.limit,
+                       seed=cfg.seed, download=d.download)
+    method = build_method(cfg, splits).to(device)
+    optimizer = _optimizer(cfg, method)
+    images = splits.images["train"]
+    tensor = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
+    per_rank = max(1, cfg.train.batch_size // dist.world_size)
+    if len(tensor) // dist.world_size < per_rank:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} is larger than the "
+                        f"{len(tensor)} training images of {d.name}")
+    sampler = DistributedSampler(TensorDataset(tensor), num_replicas=dist.world_size,
+                                 rank=dist.rank, shuffle=True, seed=cfg.seed)
+    loader = DataLoader(TensorDataset(tensor), batch_size=per_rank, sampler=sampler,
+                        drop_last=True, pin_memory=device.type == "cuda")
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * cfg.train.epochs
+    base_lr = cfg.train.lr * cfg.train.batch_size / 256
+
+    def lr_fn(step: int) -> float:
+        return _lr_at(step, total, cfg.train.warmup_epochs * steps_per_epoch, base_lr,
+                      cfg.train.min_lr_ratio)
+
+    start_epoch, step, history = 0, 0, []
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        _check_resumable(ckpt.meta, cfg, last)
+        state = dict(ckpt.extra["method_state"])
+        state.update({f"backbone.{k}": v for k, v in ckpt.backbone.items()})
+        method.load_state_dict(state)
+        method.load_extra_state(ckpt.extra.get("method_extra", {}))
+        optimizer.load_state_dict(ckpt.extra["optimizer"])
+        start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
+        history = [json.loads(h) for h in ckpt.extra.get("history", [])]
+    elif resume and dist.is_main:
+        print(f"no {last} yet: starting from epoch 1", file=sys.stderr)
+
+    model: torch.nn.Module = method
+    if dist.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None)
+    writer = None
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg), sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+        print(f"pretraining {cfg.method} on {splits.info.name}: {len(tensor)} images "
+              f"{splits.info.image_size}px x{splits.info.n_channels}, {cfg.model.arch} "
+              f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
+              f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
+              file=sys.stderr)
+    show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+    for epoch in range(start_epoch, cfg.train.epochs):
+        seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+        sampler.set_epoch(epoch)
+        step, stats = train_one_epoch(
+            model, method, loader, optimizer, epoch=epoch, step=step, total_steps=total,
+            lr_fn=lr_fn, device=device, precision=precision,
+            max_value=splits.info.max_value, writer=writer, show_progress=show)
+        last_epoch = epoch + 1 == cfg.train.epochs
+        if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
+            if dist.is_main:
+                stats.update(evaluate(method, splits, cfg, device, precision))
+                _log_images(writer, method, tensor, splits.info.max_value, device, epoch)
+            if dist.enabled:
+                torch.distributed.barrier()
+        stats["epoch"] = epoch + 1
+        history.append(stats)
+        if dist.is_main:
+            _end_of_epoch(cfg, method, optimizer, splits, out, epoch + 1, step, history,
+                          writer, last_epoch)
+    if writer is not None:
+        writer.close()
+    return out
+
+
+def _log_images(writer: Any, method: SSLMethod, tensor: torch.Tensor, max_value: int,
+                device: torch.device, epoch: int) -> None:
+    x = tensor[:8].to(device).float() / max_value
+    grid = method.example_images(x)
+    if grid is not None and writer is not None:
+        import torchvision
+
+        writer.add_image("examples", torchvision.utils.make_grid(grid.cpu(), nrow=8), epoch + 1)
+
+
+def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
+                  splits: ArraySplits, out: Path, epoch: int, step: int, history: list[dict],
+                  writer: Any, last_epoch: bool) -> None:
+    stats = history[-1]
+    for key, value in stats.items():
+        if key != "epoch" and writer is not None:
+            writer.add_scalar(f"epoch/{key}", value, epoch)
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(stats) + "\n")
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch")
+    print(f"epoch {epoch}/{cfg.train.epochs}  {shown}", file=sys.stderr)
+    meta = _meta(cfg, method, splits, epoch)
+    backbone = method.backbone.state_dict()
+    heads = _head_state(method)
+    save_checkpoint(out / "last.pt", backbone, meta, extra={
+        "method_state": heads, "method_extra": method.extra_state(),
+        "optimizer": optimizer.state_dict(), "step": step,
+        "history": [json.dumps(h) for h in history],
+    })
+    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
+        save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
+                        extra={"method_state": heads})
+    if last_epoch:
+        save_checkpoint(out / "checkpoint.pt", backbone, meta, extra={"method_state": heads})
+        print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)

@@ -1,0 +1,122 @@
+"""Devices, threads, mixed precision, seeding and torchrun-style DDP from environment variables.
+
+Follows torchvision's ``references/classification`` conventions: ``torchrun --nproc_per_node N``
+sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`init_distributed` picks NCCL on CUDA and
+gloo on the CPU; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ssl_ft.errors import UserError
+
+__all__ = [
+    "Dist",
+    "autocast",
+    "cleanup_distributed",
+    "init_distributed",
+    "resolve_device",
+    "resolve_precision",
+    "seed_everything",
+    "set_threads",
+]
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process stands in a (possibly single-process) run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group torchrun set up (if any)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return Dist()
+    world = int(os.environ["WORLD_SIZE"])
+    dist = Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    return dist
+
+
+def cleanup_distributed() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` = CUDA (this process's local rank) if available, else CPU."""
+    if name == "auto":
+        name = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif name == "cuda" and torch.cuda.is_available():
+        name = f"cuda:{local_rank}"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` = bf16 on CUDA GPUs that support it (else fp16), fp32 on the CPU."""
+    if name not in ("auto", "fp32", "bf16", "fp16"):
+        raise UserError(f"unknown precision {name!r} (use auto, fp32, bf16 or fp16)")
+    if name != "auto":
+        if name == "fp16" and device.type != "cuda":
+            raise UserError("precision 'fp16' needs a CUDA device; use bf16 on the CPU")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, precision: str) -> Iterator[None]:
+    """Mixed-precision context for ``bf16``/``fp16``; a no-op for ``fp32``."""
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def set_threads(threads: int | None, dist: Dist) -> int:
+    """Intra-op threads: the given number, or the cores shared among local processes (two
+    busy processes with two threads each on two cores run 20x slower than one)."""
+    if threads is None:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        threads = max(1, (os.cpu_count() or 1) // max(1, local))
+    if threads < 1:
+        raise UserError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

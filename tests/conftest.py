@@ -1,0 +1,22 @@
+"""Shared fixtures: where the real offline datasets live."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The shared data folder: ``$SSL_FT_DATA`` if set, else ``<repo>/../shared/data``."""
+    root = Path(os.environ.get("SSL_FT_DATA") or REPO.parent / "shared" / "data").expanduser()
+    if not root.is_dir():
+        pytest.skip(
+            f"data folder {root} not found; set SSL_FT_DATA to the folder that holds "
+            f"pneumoniamnist.npz and the other shared .npz files"
+        )
+    return root
