@@ -3,14 +3,19 @@
 Both make two views of a 256-image batch in the main process with ``torch.set_num_threads(2)``;
 the per-image pipeline is the equivalent torchvision ``transforms.v2`` chain (RandomResizedCrop,
 flips, rotation, ColorJitter, gamma for grayscale, grayscale for RGB, GaussianBlur, noise) with
-the same preset values. Each timing is the median of 3 repeats after one warm-up.
+the same preset values. Each timing is the median of 3 repeats after one warm-up; batched and per-image runs
+alternate, and the speed-up is the median of the per-repeat ratios.
 
-Run: ``python benchmarks/bench_augment.py``
+Run: ``python benchmarks/bench_augment.py [--threads N]``. On a machine whose cores are busy with
+other processes, 2 intra-op threads can stall on each other (OpenMP barriers); ``--threads 1``
+then shows the throughput without that contention.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 import random
 import statistics
 import time
@@ -56,28 +61,35 @@ def two_views_per_image(aug: T.Compose, x: torch.Tensor) -> None:
         torch.stack([aug(img) for img in x])
 
 
-def median_seconds(fn: Callable[..., object], *args: object) -> float:
-    fn(*args)  # warm-up
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def seconds(fn: Callable[..., object], *args: object) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    torch.set_num_threads(parser.parse_args().threads)
     torch.manual_seed(0)
     print(f"two views of a {BATCH}-image batch, {torch.get_num_threads()} threads, "
           f"median of {REPEATS}, torch {torch.__version__}")
     print(f"{'images':<14}{'BatchAugment img/s':>20}{'torchvision v2 img/s':>22}{'speed-up':>10}")
     for channels, size in CASES:
         x = torch.rand(BATCH, channels, size, size)
-        t_b = median_seconds(two_views_batched, BatchAugment(AugmentConfig(), size, channels), x)
-        t_p = median_seconds(two_views_per_image, torchvision_pipeline(size, channels), x)
-        n = 2 * BATCH
-        print(f"{f'{channels}ch {size}px':<14}{n / t_b:>20,.0f}{n / t_p:>22,.0f}{t_p / t_b:>9.1f}x")
+        batched, per_image = BatchAugment(AugmentConfig(), size, channels), torchvision_pipeline(
+            size, channels)
+        two_views_batched(batched, x), two_views_per_image(per_image, x)   # warm-up
+        # Interleaved, so both sides of each ratio see the same machine load.
+        t_b, t_p = [], []
+        for _ in range(REPEATS):
+            t_b.append(seconds(two_views_batched, batched, x))
+            t_p.append(seconds(two_views_per_image, per_image, x))
+        n, ratio = 2 * BATCH, statistics.median(p / b for p, b in zip(t_p, t_b, strict=True))
+        print(f"{f'{channels}ch {size}px':<14}{n / statistics.median(t_b):>20,.0f}"
+              f"{n / statistics.median(t_p):>22,.0f}{ratio:>9.1f}x")
+    if os.getloadavg()[0] > 1.5:
+        print(f"note: load average {os.getloadavg()[0]:.1f} -- other processes share the cores")
 
 
 if __name__ == "__main__":

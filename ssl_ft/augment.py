@@ -32,16 +32,17 @@ Presets (:func:`preset`; sizes in between are interpolated in log-size, others u
 =====  ===========  ======  ===========  ======  ============================================
 size   crop_scale   blur_p  blur_sigma   kernel  reasoning
 =====  ===========  ======  ===========  ======  ============================================
-28     (0.35, 1)    0.2     (0.1, 0.5)   3       an 8 % crop of a 28 px X-ray is a few blobs;
-                                                 SimCLR's CIFAR setup drops blur entirely
-64     (0.25, 1)    0.5     (0.1, 0.6)   7       sigma scaled from 2.0 px at 224 px
-128    (0.2, 1)     0.5     (0.1, 1.1)   13      as MoCo v2, sigma scaled with the size
-224    (0.2, 1)     0.5     (0.1, 2.0)   23      MoCo v2 exactly
+28     (0.35, 1)    0.2     (0.1, 0.5)   3       SimCLR's 8 % crop of a 28 px X-ray is an 8 px
+                                                 blob; weak, rare blur (SimCLR drops it on CIFAR)
+64     (0.25, 1)    0.5     (0.1, 0.6)   7       crop between; sigma scaled from 2.0 px at 224
+128    (0.2, 1)     0.5     (0.1, 1.1)   13      MoCo v2 crop, sigma scaled with the size
+224    (0.2, 1)     0.5     (0.1, 2.0)   23      MoCo v2 exactly (crop, p, sigma, 10 % kernel)
 =====  ===========  ======  ===========  ======  ============================================
 
 At every size: ``crop_ratio`` (3/4, 4/3); ``hflip`` 0.5 (on chest X-rays it moves the heart to
-the right; MoCo-CXR and SimCLR work on CXR still use it, set 0 if laterality matters); ``vflip``
-0 (anatomy has an up); ``rotate`` 10 degrees (patient positioning); ``jitter_p`` 0.8.
+the right, yet contrastive CXR work such as MoCo-CXR, Sowrirajan et al. 2021, still uses it; set
+0 if laterality matters); ``vflip`` 0 (anatomy has an up); ``rotate`` 10 degrees (patient
+positioning, as MoCo-CXR); ``jitter_p`` 0.8.
 RGB (MoCo v2): brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, grayscale_p 0.2, gamma 0,
 noise 0. One channel: brightness 0.4, contrast 0.4, gamma 0.3 (exposure/windowing, [0.77, 1.3]),
 noise 0.02 (about 5 grey levels of 8-bit data).
@@ -324,7 +325,7 @@ class BatchAugment(torch.nn.Module):
         # fw W / (fh H) = ratio.  Take the first of the candidates that fits (torchvision's
         # rejection sampling); if none fits, shrink the first one to the image.
         fw, fh = torch.sqrt(area * ratio * h / w), torch.sqrt(area / ratio * w / h)
-        first = ((fw <= 1) & (fh <= 1)).to(torch.uint8).argmax(1, keepdim=True)
+        first = ((fw <= 1) & (fh <= 1)).float().argmax(1, keepdim=True)
         fw, fh = fw.gather(1, first).squeeze(1).clamp(max=1), fh.gather(1, first).squeeze(1).clamp(max=1)
         cx, cy = (1 - fw) * (2 * u_geo[:, 0] - 1), (1 - fh) * (2 * u_geo[:, 1] - 1)
         sx = torch.where(u_geo[:, 2] < cfg.hflip, -1.0, 1.0)

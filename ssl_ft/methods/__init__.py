@@ -5,7 +5,7 @@ restorative: ``autoencoder``, ``inpainting`` (context encoder / context restorat
 ``genesis`` (Models Genesis, Zhou et al. 2019/2021)
 """
 
-from ssl_ft.methods import simclr  # noqa: F401  (registers)
+from ssl_ft.methods import autoencoder, genesis, inpainting, moco, simclr  # noqa: F401  (registers)
 from ssl_ft.methods.base import METHODS, SSLMethod, get_method, register
 
 __all__ = ["METHODS", "SSLMethod", "get_method", "register"]

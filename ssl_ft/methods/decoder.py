@@ -53,7 +53,9 @@ from torch.nn import functional as F
 from ssl_ft.methods.base import SSLMethod
 from ssl_ft.models import Backbone
 
-__all__ = ["Decoder", "RestorativeConfig", "RestorativeMethod", "eval_mode"]
+__all__ = [
+    "Decoder", "RestorativeConfig", "RestorativeMethod", "check_prob", "eval_mode", "unit_strides",
+]
 
 _PROBE = 64  # every downsampling of the supported backbones is still visible at 64 px
 

@@ -1,0 +1,136 @@
+"""tools/pretrain.py as a user runs it: run folder, checkpoint, errors, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ssl_ft.checkpoint import REQUIRED_META, load_checkpoint
+from ssl_ft.pretrain import load_pretrain_recipe, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+TOOL = [sys.executable, str(REPO / "tools" / "pretrain.py")]
+QUICK = REPO / "recipes" / "quickstart.yaml"
+
+
+def tiny(data_root, out, *extra):
+    return [f"data.root={data_root}", f"out={out}", "data.limit=96", "train.batch_size=32",
+            "train.epochs=2", "eval.every=1", "eval.limit=64", "train.threads=1", *extra]
+
+
+def run_tool(*args, **kw):
+    return subprocess.run([*TOOL, *args], capture_output=True, text=True, cwd=REPO, **kw)
+
+
+def run_in_process(capsys, *args):
+    """tools/pretrain.py's main through the same exit-status wrapper, without a new process."""
+    import importlib.util
+
+    from ssl_ft.cli import run
+
+    spec = importlib.util.spec_from_file_location("pretrain_tool", TOOL[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = run(module.main, list(args))
+    return code, capsys.readouterr().err
+
+
+def test_pretrain_cli_writes_run_folder(data_root, tmp_path):
+    out = tmp_path / "run"
+    res = run_tool(str(QUICK), *tiny(data_root, out))
+    assert res.returncode == 0, res.stderr
+    assert {"recipe.yaml", "last.pt", "checkpoint.pt", "metrics.jsonl", "tb"} <= {
+        p.name for p in out.iterdir()}
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert set(REQUIRED_META) <= set(ckpt.meta)
+    assert ckpt.meta["method"] == "simclr" and ckpt.meta["epoch"] == 2
+    assert ckpt.meta["in_chans"] == 1 and ckpt.meta["image_size"] == 28
+    assert ckpt.meta["recipe"]["data"]["limit"] == 96
+    assert len(ckpt.meta["data_fingerprint"]) == 64
+    assert "knn_auc" in (out / "metrics.jsonl").read_text()
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert recipe["method_args"]["temperature"] == 0.2
+    assert list((out / "tb").iterdir())
+    # a second run into the same folder must not clobber it
+    again = run_tool(str(QUICK), *tiny(data_root, out))
+    assert again.returncode == 2 and "--resume" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [("train.epoch=3", "unknown key train.epoch"),
+     ("train.epochs=many", "train.epochs = 'many'"),
+     ("method=simclrr", "unknown SSL method 'simclrr'"),
+     ("method_args.temprature=0.1", "unknown key method_args.temprature"),
+     ("data.name=nosuchdata", "nosuchdata"),
+     ("model.arch=resnet19", "resnet19")],
+)
+def test_bad_input_exits_2_with_one_line(data_root, tmp_path, capsys, override, needle):
+    code, err = run_in_process(capsys, str(QUICK), *tiny(data_root, tmp_path / "r"), override)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and needle in lines[-1], err
+    assert not (tmp_path / "r").exists()  # nothing written before the input was checked
+
+
+def test_missing_recipe_exits_2(tmp_path):
+    res = run_tool(str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2 and "missing.yaml" in res.stderr
+
+
+def _weights(path):
+    return load_checkpoint(path).backbone
+
+
+def test_resume_after_interrupt_matches_uninterrupted(data_root, tmp_path, monkeypatch):
+    import ssl_ft.pretrain.engine as engine
+
+    common = ["train.deterministic=true", "train.precision=fp32", "eval.every=0"]
+    full = load_pretrain_recipe(QUICK, tiny(data_root, tmp_path / "a", *common))
+    pretrain(full, progress=False)
+
+    real_end = engine._end_of_epoch
+
+    def killed_after_first(*args, **kwargs):
+        real_end(*args, **kwargs)
+        raise KeyboardInterrupt  # as if the process died right after epoch 1 was saved
+
+    cut = load_pretrain_recipe(QUICK, tiny(data_root, tmp_path / "b", *common))
+    monkeypatch.setattr(engine, "_end_of_epoch", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cut, progress=False)
+    monkeypatch.setattr(engine, "_end_of_epoch", real_end)
+    assert load_checkpoint(tmp_path / "b" / "last.pt").meta["epoch"] == 1
+    pretrain(cut, resume=True, progress=False)
+
+    a, b = _weights(tmp_path / "a" / "checkpoint.pt"), _weights(tmp_path / "b" / "checkpoint.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    torch.use_deterministic_algorithms(False)
+
+
+def test_sigkill_leaves_a_resumable_checkpoint(data_root, tmp_path):
+    out = tmp_path / "k"
+    args = tiny(data_root, out, "train.epochs=50", "eval.every=0")
+    proc = subprocess.Popen([*TOOL, str(QUICK), *args], cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(0.7)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(out / "last.pt").meta["epoch"]
+    assert 1 <= done < 50
+    res = run_tool(str(QUICK), *args[:-2], "train.epochs=" + str(done + 1), "eval.every=0",
+                   "--resume")
+    assert res.returncode == 0, res.stderr
+    assert load_checkpoint(out / "checkpoint.pt").meta["epoch"] == done + 1
