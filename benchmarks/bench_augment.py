@@ -73,7 +73,8 @@ def main() -> None:
     torch.set_num_threads(parser.parse_args().threads)
     torch.manual_seed(0)
     print(f"two views of a {BATCH}-image batch, {torch.get_num_threads()} threads, "
-          f"median of {REPEATS}, torch {torch.__version__}")
+          f"median of {REPEATS}, torch {torch.__version__}, load average at start "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"{'images':<14}{'BatchAugment img/s':>20}{'torchvision v2 img/s':>22}{'speed-up':>10}")
     for channels, size in CASES:
         x = torch.rand(BATCH, channels, size, size)
@@ -88,8 +89,6 @@ def main() -> None:
         n, ratio = 2 * BATCH, statistics.median(p / b for p, b in zip(t_p, t_b, strict=True))
         print(f"{f'{channels}ch {size}px':<14}{n / statistics.median(t_b):>20,.0f}"
               f"{n / statistics.median(t_p):>22,.0f}{ratio:>9.1f}x")
-    if os.getloadavg()[0] > 1.5:
-        print(f"note: load average {os.getloadavg()[0]:.1f} -- other processes share the cores")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="continue the run in `out` from its last.pt")
     parser.add_argument("--print-recipe", action="store_true",
                         help="print the resolved recipe and exit without training")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     from ssl_ft.pretrain import load_pretrain_recipe, pretrain, resolved_recipe
 

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ssl_ft.augment import BatchAugment
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
-from ssl_ft.data import ArraySplits, load_data, subsample
+from ssl_ft.data import ArraySplits, DataInfo, load_data, subsample
 from ssl_ft.errors import UserError
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
@@ -167,17 +167,20 @@ def _meta(cfg: PretrainConfig, method: SSLMethod, splits: ArraySplits, epoch: in
         "stem": cfg.model.stem,
         "normalization": {"mean": list(info.mean), "std": list(info.std),
                           "max_value": info.max_value},
-        "recipe": resolved_recipe(cfg),
+        "recipe": resolved_recipe(cfg, info),
         "data": info.name,
         "data_fingerprint": info.fingerprint,
         "epoch": epoch,
     }
 
 
-def resolved_recipe(cfg: PretrainConfig) -> dict:
-    """The recipe as plain data, with every method argument filled in."""
+def resolved_recipe(cfg: PretrainConfig, info: DataInfo | None = None) -> dict:
+    """The recipe as plain data, with every method argument (and, given the data, every
+    augmentation setting) filled in."""
     data = to_dict(cfg)
     data["method_args"] = to_dict(method_config(cfg))
+    if info is not None:
+        data["augment"] = to_dict(cfg.augment.resolve(info.image_size, info.n_channels))
     return data
 
 
@@ -264,7 +267,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     writer = None
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg), sort_keys=False))
+        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
+                                                          sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
