@@ -134,3 +134,23 @@ def test_empty_selection_is_an_error(backbones):
         dm.select("0-100", truncate=5)
     with pytest.raises(UserError, match="'layers'"):
         DepthMap.from_backbone(backbones["resnet18"], "layers")
+
+
+def test_depthmap_tool_as_a_user_runs_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "depthmap.py"
+    ok = subprocess.run([sys.executable, str(tool), "--arch", "resnet50", "--layers", "25-50",
+                         "--truncate", "75"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[0] == "resnet50: depth by stage; layers 25-50, truncate 75"
+    assert sum(ln.endswith("trained") for ln in lines) == 4  # layer2.0-3
+    assert sum(ln.endswith("dropped") for ln in lines) == 3  # layer4
+    assert "output features: 1024" in lines[-1]
+    bad = subprocess.run([sys.executable, str(tool), "--arch", "resnet50", "--layers", "0-150"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: layer range '0-150' goes past 100 %"

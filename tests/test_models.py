@@ -95,3 +95,48 @@ def test_input_size_check():
     check_input_size(create_backbone("densenet121", in_chans=1), 28)
     with pytest.raises(UserError, match="8 px is too small for vgg19"):
         check_input_size(create_backbone("vgg19", in_chans=1), 8)
+
+
+def _meta(arch: str, stem: str, in_chans: int) -> dict:
+    return {"method": "simclr", "arch": arch, "in_chans": in_chans, "image_size": 28,
+            "stem": stem, "normalization": {"mean": [0.5], "std": [0.25]}, "recipe": {},
+            "data_fingerprint": "0" * 64, "epoch": 1}
+
+
+@pytest.mark.parametrize(("arch", "stem"), [("resnet18", "lowres"), ("densenet121", "standard"),
+                                            ("vgg19", "lowres")])
+def test_checkpoint_loads_into_plain_torchvision_model(tmp_path, arch, stem):
+    from ssl_ft.checkpoint import save_checkpoint
+    from ssl_ft.models import torchvision_model
+
+    torch.manual_seed(0)
+    bb = create_backbone(arch, in_chans=1, stem=stem).eval()
+    path = save_checkpoint(tmp_path / "c.pt", bb.state_dict(), _meta(arch, stem, 1))
+    tv = torchvision_model(path, num_classes=3).eval()
+    assert type(tv) is type(torchvision.models.get_model(arch, weights=None))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert tv(x).shape == (2, 3)
+        if arch.startswith("resnet"):
+            tv.fc = torch.nn.Identity()
+            torch.testing.assert_close(tv(x), bb(x))
+
+
+def test_weights_from_prefixed_state_dict_and_checkpoint(tmp_path):
+    from ssl_ft.checkpoint import save_checkpoint
+
+    torch.manual_seed(1)
+    src = create_backbone("resnet18", in_chans=1)
+    torch.save({"state_dict": {f"model.backbone.{k}": v for k, v in src.state_dict().items()}},
+               tmp_path / "lightning.ckpt")
+    loaded = create_backbone("resnet18", in_chans=1, weights=tmp_path / "lightning.ckpt")
+    for key, value in src.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    save_checkpoint(tmp_path / "r18.pt", src.state_dict(), _meta("resnet18", "standard", 1))
+    with pytest.raises(UserError, match="arch='resnet18', not arch='resnet50'"):
+        create_backbone("resnet50", in_chans=1, weights=tmp_path / "r18.pt")
+    with pytest.raises(UserError, match="stem='standard', not stem='lowres'"):
+        create_backbone("resnet18", in_chans=1, stem="lowres", weights=tmp_path / "r18.pt")
+    torch.save(create_backbone("resnet50", in_chans=1).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(UserError, match="does not fit"):
+        create_backbone("resnet18", in_chans=1, weights=tmp_path / "r50.pth")

@@ -10,6 +10,7 @@ from ssl_ft.models.backbones import (
     family_of,
     list_archs,
     load_backbone_weights,
+    torchvision_model,
 )
 from ssl_ft.models.depth import (
     DEFAULT_RULE,
@@ -38,4 +39,5 @@ __all__ = [
     "load_backbone_weights",
     "parse_layers",
     "parse_percent",
+    "torchvision_model",
 ]

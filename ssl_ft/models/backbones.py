@@ -47,7 +47,7 @@ from ssl_ft.errors import UserError
 
 __all__ = [
     "ARCHS", "STEMS", "Backbone", "UnitSpec", "create_backbone", "family_of", "list_archs",
-    "check_input_size", "load_backbone_weights",
+    "check_input_size", "load_backbone_weights", "torchvision_model",
 ]
 
 ARCHS: dict[str, str] = {
@@ -240,12 +240,11 @@ def _adapt_first_conv(old: nn.Conv2d, in_chans: int, lowres: bool, pretrained: b
 def _resnet(model: torchvision.models.ResNet, arch: str, in_chans: int, stem: str,
             pretrained: bool) -> Backbone:
     lowres = stem == "lowres"
+    model.conv1 = _adapt_first_conv(model.conv1, in_chans, lowres, pretrained)
+    if lowres:
+        model.maxpool = nn.Identity()
     layers: OrderedDict[str, nn.Module] = OrderedDict(
-        conv1=_adapt_first_conv(model.conv1, in_chans, lowres, pretrained),
-        bn1=model.bn1,
-        relu=model.relu,
-        maxpool=nn.Identity() if lowres else model.maxpool,
-    )
+        conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool)
     units = [UnitSpec("stem", ("conv1", "bn1", "relu", "maxpool"), 1, model.bn1.num_features)]
     for stage in range(1, 5):
         stage_seq: nn.Sequential = getattr(model, f"layer{stage}")
@@ -369,6 +368,31 @@ def create_backbone(
     if weights_str not in ("none", "imagenet"):
         load_backbone_weights(backbone, weights_str)
     return backbone
+
+
+def torchvision_model(checkpoint: str | os.PathLike, num_classes: int = 1000) -> nn.Module:
+    """A plain torchvision model (``torchvision.models.<arch>``) with a checkpoint's backbone.
+
+    The first convolution (input channels, ``lowres`` stem) is shaped as the checkpoint says;
+    the classifier (``fc`` / ``classifier``) is new, with ``num_classes`` outputs. Example::
+
+        >>> model = torchvision_model("runs/simclr/checkpoint.pt", num_classes=2)
+        >>> model(torch.zeros(1, 1, 28, 28)).shape
+        torch.Size([1, 2])
+    """
+    from ssl_ft.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    arch, meta = ckpt.meta["arch"], ckpt.meta
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+    _BUILDERS[family_of(arch)](model, arch, int(meta["in_chans"]), meta["stem"], False)
+    if family_of(arch) == "densenet":
+        del model.features.relu5  # torchvision's forward applies this ReLU itself
+    missing, unexpected = model.load_state_dict(ckpt.backbone, strict=False)
+    if unexpected or any(not k.startswith(("fc.", "classifier.")) for k in missing):
+        raise UserError(f"checkpoint {checkpoint} does not fit torchvision's {arch}: "
+                        f"unexpected {unexpected[:2]}, missing {missing[:2]}")
+    return model
 
 
 def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
