@@ -1,0 +1,60 @@
+"""tools/probe.py and the metrics it reports."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssl_ft.cli import run
+from ssl_ft.metrics import classification_metrics
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "probe.py"
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("probe_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_probe_tool_random_init(data_root, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    code = run(_tool().main, ["--checkpoint", "none", "--arch", "resnet18", "--data",
+                              "breastmnist", "--data-root", str(data_root), "--seed", "0",
+                              "--seed", "1", "--out", str(out)])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert [r["seed"] for r in results] == [0, 1]
+    for r in results:
+        assert 0.5 < r["test"]["auc"] <= 1 and 0 < r["test"]["acc"] <= 1
+        assert sum(c["n"] for c in r["test"]["per_class"].values()) == 156  # BreastMNIST test
+    assert "over 2 seed(s)" in capsys.readouterr().out
+    # different random inits give different features, hence different probes
+    assert results[0]["test"]["auc"] != results[1]["test"]["auc"]
+
+
+def test_probe_tool_needs_arch_without_checkpoint(data_root, capsys):
+    code = run(_tool().main, ["--checkpoint", "none", "--data", "breastmnist",
+                              "--data-root", str(data_root)])
+    assert code == 2 and "needs an arch" in capsys.readouterr().err
+
+
+def test_metrics_follow_medmnist_conventions():
+    labels = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.35, 0.65], [0.2, 0.8]])
+    m = classification_metrics(labels, probs, "binary-class", ["neg", "pos"])
+    assert m["auc"] == pytest.approx(1.0)  # positive-class scores rank perfectly
+    assert m["acc"] == pytest.approx(0.75)  # argmax: one negative called positive
+    assert m["confusion"] == [[1, 1], [0, 2]]
+    assert m["per_class"]["neg"]["recall"] == pytest.approx(0.5)
+    three = np.array([0, 1, 2, 2])
+    p3 = np.eye(3)[[0, 1, 2, 1]] * 0.8 + 0.1
+    m3 = classification_metrics(three, p3, "multi-class")
+    assert m3["acc"] == pytest.approx(0.75)
+    # one-vs-rest mean of class AUCs 1, 2.5/3 (a tie counts half) and 3/4
+    assert m3["auc"] == pytest.approx((1 + 2.5 / 3 + 0.75) / 3)

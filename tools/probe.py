@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Linear probe of frozen backbone features: logistic regression on the train split, C chosen
+on validation AUC, test AUC/ACC with MedMNIST conventions.
+
+    python tools/probe.py --checkpoint runs/simclr/checkpoint.pt --data pneumoniamnist
+    python tools/probe.py --checkpoint none --arch resnet18 --data pneumoniamnist --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ssl_ft.cli import run
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="probe.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True,
+                   help="an ssl_ft checkpoint or state dict, or 'none' for a random init")
+    p.add_argument("--arch", help="backbone (required with --checkpoint none)")
+    p.add_argument("--stem", choices=["standard", "lowres"], default=None)
+    p.add_argument("--data", required=True, help="dataset name, .npz path or image folder")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--truncate", type=float, default=100, help="probe the output at this depth %%")
+    p.add_argument("--label-fraction", type=float, default=1.0)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--seed", type=int, action="append",
+                   help="seed (random init and label subset); repeat for several")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    import numpy as np
+
+    from ssl_ft.probe import linear_probe
+
+    ckpt = None if args.checkpoint == "none" else args.checkpoint
+    results = []
+    for seed in args.seed or [0]:
+        r = linear_probe(ckpt, args.data, arch=args.arch, stem=args.stem,
+                         data_root=args.data_root, truncate=args.truncate, seed=seed,
+                         label_fraction=args.label_fraction, limit=args.limit)
+        results.append(r.as_dict())
+        print(f"seed {seed}: val AUC {r.val['auc']:.4f} ACC {r.val['acc']:.4f} | "
+              f"test AUC {r.test['auc']:.4f} ACC {r.test['acc']:.4f} (C={r.C:g})")
+    auc = np.array([r["test"]["auc"] for r in results])
+    acc = np.array([r["test"]["acc"] for r in results])
+    print(f"test AUC {auc.mean():.4f} +- {auc.std(ddof=1) if len(auc) > 1 else 0:.4f}, "
+          f"ACC {acc.mean():.4f} +- {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} "
+          f"over {len(results)} seed(s)")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
