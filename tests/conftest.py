@@ -20,3 +20,17 @@ def data_root() -> Path:
             f"pneumoniamnist.npz and the other shared .npz files"
         )
     return root
+
+
+@pytest.fixture(scope="module")
+def pneumonia(data_root: Path):
+    """128 PneumoniaMNIST training images, ``(128, 1, 28, 28)`` float in [0, 1]."""
+    import numpy as np
+    import torch
+
+    path = data_root / "pneumoniamnist.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with np.load(path) as npz:
+        images = npz["train_images"][:128]
+    return torch.from_numpy(images).float().div(255).unsqueeze(1)

@@ -3,9 +3,6 @@ shared decoder."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +14,6 @@ from ssl_ft.methods.genesis import Genesis
 from ssl_ft.methods.inpainting import Inpainting
 from ssl_ft.models import create_backbone
 
-REPO = Path(__file__).resolve().parent.parent
-
 CASES = [
     ("autoencoder", {}),
     ("autoencoder", {"noise": "masking", "loss": "l1"}),
@@ -26,26 +21,6 @@ CASES = [
     ("inpainting", {"mode": "context_restoration"}),
     ("genesis", {}),
 ]
-
-
-@pytest.fixture(scope="session")
-def data_root() -> Path:
-    """The shared data folder: ``$SSL_FT_DATA`` if set, else ``<repo>/../shared/data``."""
-    root = Path(os.environ.get("SSL_FT_DATA") or REPO.parent / "shared" / "data").expanduser()
-    if not root.is_dir():
-        pytest.skip(f"data folder {root} not found; set SSL_FT_DATA")
-    return root
-
-
-@pytest.fixture(scope="module")
-def pneumonia(data_root: Path) -> torch.Tensor:
-    """128 PneumoniaMNIST training images, ``(128, 1, 28, 28)`` in [0, 1]."""
-    path = data_root / "pneumoniamnist.npz"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    with np.load(path) as npz:
-        images = npz["train_images"][:128]
-    return torch.from_numpy(images).float().div(255).unsqueeze(1)
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:

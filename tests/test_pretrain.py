@@ -90,10 +90,14 @@ def _weights(path):
     return load_checkpoint(path).backbone
 
 
-def test_resume_after_interrupt_matches_uninterrupted(data_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_resume_after_interrupt_matches_uninterrupted(data_root, tmp_path, monkeypatch, method):
     import ssl_ft.pretrain.engine as engine
 
-    common = ["train.deterministic=true", "train.precision=fp32", "eval.every=0"]
+    common = ["train.deterministic=true", "train.precision=fp32", "eval.every=0",
+              f"method={method}", "method_args={}"]
+    if method == "moco":  # a queue of 64 keys: full after two batches, so its restore matters
+        common.append("method_args.queue_size=64")
     full = load_pretrain_recipe(QUICK, tiny(data_root, tmp_path / "a", *common))
     pretrain(full, progress=False)
 
@@ -116,6 +120,25 @@ def test_resume_after_interrupt_matches_uninterrupted(data_root, tmp_path, monke
     for key in a:
         assert torch.equal(a[key], b[key]), key
     torch.use_deterministic_algorithms(False)
+
+
+def test_pretrain_on_a_folder_of_16bit_pngs(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(24):
+            arr = rng.integers(0, 65535, size=(32, 32), dtype=np.uint16)
+            Image.fromarray(arr).save(tmp_path / "img" / cls / f"{i}.png")
+    cfg = load_pretrain_recipe(QUICK, [f"data.name={tmp_path / 'img'}", f"out={tmp_path / 'r'}",
+                                       "train.batch_size=16", "train.epochs=1", "eval.every=1",
+                                       "train.threads=1"])
+    pretrain(cfg, progress=False)
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt.meta["normalization"]["max_value"] == 65535
+    assert ckpt.meta["in_chans"] == 1 and ckpt.meta["image_size"] == 32
 
 
 def test_sigkill_leaves_a_resumable_checkpoint(data_root, tmp_path):
