@@ -39,13 +39,18 @@ def test_quarters_partition_units(backbones, arch, rule):
     assert depths == sorted(depths) and depths[-1] == 100 and depths[0] > 0
 
 
-@pytest.mark.parametrize("arch", ARCHS4)
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "densenet121"])
 def test_by_stage_quarters_follow_stages(backbones, arch):
     dm = DepthMap.from_backbone(backbones[arch], "stage")
-    if arch.startswith("vgg"):
-        return  # five stages, checked below
     for k, q in enumerate(QUARTERS, start=1):
         assert {u.stage for u in dm.select(q).trained} == {k}
+
+
+def test_vgg_by_stage_uses_its_five_pooling_stages(backbones):
+    dm = DepthMap.from_backbone(backbones["vgg19"], "stage")
+    assert [sum(u.stage == k for u in dm.units) for k in range(1, 6)] == [2, 2, 4, 4, 4]
+    for u in dm.units:
+        assert 20 * (u.stage - 1) < u.depth <= 20 * u.stage
 
 
 def test_default_rules(backbones):
