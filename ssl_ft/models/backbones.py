@@ -85,11 +85,15 @@ def list_archs() -> list[str]:
 
 
 def family_of(arch: str) -> str:
-    """``resnet``, ``densenet`` or ``vgg``; a :class:`UserError` names an unknown ``arch``."""
+    """``resnet``, ``densenet``, ``vgg`` or ``timm`` (``timm:<name>``); a :class:`UserError`
+    names an unknown ``arch``."""
+    if arch.startswith("timm:"):
+        return "timm"
     try:
         return ARCHS[arch]
     except KeyError:
-        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(list_archs())}") from None
+        raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(list_archs())} "
+                        "or timm:<name>") from None
 
 
 class Backbone(nn.Sequential):
@@ -112,7 +116,7 @@ class Backbone(nn.Sequential):
         self.arch = arch
         self.family = family_of(arch)
         self.in_chans = in_chans
-        self.stem = stem
+        self.stem_type = stem
         self.units: list[UnitSpec] = list(units)
 
     def __getitem__(self, idx: slice | int) -> nn.Module:  # type: ignore[override]
@@ -193,7 +197,7 @@ def check_input_size(backbone: Backbone, image_size: int) -> None:
     except RuntimeError as exc:
         raise UserError(
             f"image size {image_size} px is too small for {backbone.arch} with stem "
-            f"{backbone.stem!r} ({str(exc).splitlines()[0]}); use stem 'lowres' or larger images"
+            f"{backbone.stem_type!r} ({str(exc).splitlines()[0]}); use stem 'lowres' or larger images"
         ) from None
     finally:
         backbone.train(was_training)
@@ -357,6 +361,14 @@ def create_backbone(
     if stem not in STEMS:
         raise UserError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
     weights_str = str(weights)
+    if family == "timm":
+        from ssl_ft.models.timm_adapter import create_timm_backbone
+
+        backbone = create_timm_backbone(arch.removeprefix("timm:"), in_chans=in_chans, stem=stem,
+                                        weights=weights_str)
+        if weights_str not in ("none", "imagenet"):
+            load_backbone_weights(backbone, weights_str)
+        return backbone
     if weights_str == "imagenet":
         # torchvision's real loading path: downloads once into $TORCH_HOME/hub/checkpoints.
         model = torchvision.models.get_model(arch, weights="DEFAULT")
@@ -395,7 +407,7 @@ def torchvision_model(checkpoint: str | os.PathLike, num_classes: int = 1000) ->
     return model
 
 
-def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
     """Load weights from an ssl_ft checkpoint or any state dict file into ``backbone``.
 
     Prefixes (``module.``, ``backbone.``, ...) are resolved by
@@ -407,7 +419,7 @@ def load_backbone_weights(backbone: Backbone, path: str | os.PathLike) -> None:
     path = Path(path)
     state, meta = read_state_dict(path)
     if meta is not None:
-        for key, have in (("arch", backbone.arch), ("stem", backbone.stem),
+        for key, have in (("arch", backbone.arch), ("stem", backbone.stem_type),
                           ("in_chans", backbone.in_chans)):
             if key in meta and meta[key] != have:
                 raise UserError(

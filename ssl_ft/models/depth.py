@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 RULES = ("stage", "block", "param")
-DEFAULT_RULE = {"resnet": "stage", "densenet": "stage", "vgg": "block"}
+DEFAULT_RULE = {"resnet": "stage", "densenet": "stage", "vgg": "block", "timm": "stage"}
 STATUSES = ("trained", "frozen", "dropped")
 
 _NUMBER = r"(\d+(?:\.\d+)?)"
