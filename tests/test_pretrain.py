@@ -56,6 +56,7 @@ def test_pretrain_cli_writes_run_folder(data_root, tmp_path):
     assert ckpt.meta["recipe"]["data"]["limit"] == 96
     assert len(ckpt.meta["data_fingerprint"]) == 64
     assert "knn_auc" in (out / "metrics.jsonl").read_text()
+    assert "epoch 0 (before training)  knn_auc" in res.stderr  # the baseline to beat
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["method_args"]["temperature"] == 0.2
     assert list((out / "tb").iterdir())

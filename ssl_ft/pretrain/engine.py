@@ -278,6 +278,12 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
     show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+    if start_epoch == 0 and cfg.eval.every and dist.is_main:  # the baseline to improve on
+        before = evaluate(method, splits, cfg, device, precision)
+        for key, value in before.items():
+            writer.add_scalar(f"epoch/{key}", value, 0)
+        print("epoch 0 (before training)  " + "  ".join(f"{k} {v:.4g}" for k, v in
+                                                        before.items()), file=sys.stderr)
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
         sampler.set_epoch(epoch)
