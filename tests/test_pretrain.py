@@ -82,6 +82,12 @@ def test_bad_input_exits_2_with_one_line(data_root, tmp_path, capsys, override, 
     assert not (tmp_path / "r").exists()  # nothing written before the input was checked
 
 
+def test_run_folder_that_is_a_file_is_a_user_error(data_root, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = run_in_process(capsys, str(QUICK), *tiny(data_root, tmp_path / "file"))
+    assert code == 2 and "cannot create run folder" in err and "file" in err
+
+
 def test_missing_recipe_exits_2(tmp_path):
     res = run_tool(str(tmp_path / "missing.yaml"))
     assert res.returncode == 2 and "missing.yaml" in res.stderr

@@ -266,7 +266,10 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
             method, device_ids=[device.index] if device.type == "cuda" else None)
     writer = None
     if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
         (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
                                                           sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
