@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,7 +29,6 @@ from torch import Tensor
 from ssl_ft.methods.base import register
 from ssl_ft.methods.corruptions import gaussian_noise, masking_noise
 from ssl_ft.methods.decoder import RestorativeConfig, RestorativeMethod
-from ssl_ft.models import Backbone
 
 __all__ = ["Autoencoder", "AutoencoderConfig"]
 
@@ -64,9 +62,6 @@ class Autoencoder(RestorativeMethod):
 
     name = "autoencoder"
     Config = AutoencoderConfig
-
-    def __init__(self, backbone: Backbone, cfg: AutoencoderConfig, **kwargs: Any) -> None:
-        super().__init__(backbone, cfg, **kwargs)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor | None]:

@@ -29,7 +29,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,7 +41,6 @@ from ssl_ft.methods.corruptions import (
     local_pixel_shuffle,
 )
 from ssl_ft.methods.decoder import RestorativeConfig, RestorativeMethod, check_prob
-from ssl_ft.models import Backbone
 
 __all__ = ["Genesis", "GenesisConfig", "genesis_corrupt"]
 
@@ -95,9 +93,6 @@ class Genesis(RestorativeMethod):
 
     name = "genesis"
     Config = GenesisConfig
-
-    def __init__(self, backbone: Backbone, cfg: GenesisConfig, **kwargs: Any) -> None:
-        super().__init__(backbone, cfg, **kwargs)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor | None]:

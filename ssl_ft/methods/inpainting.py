@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +40,6 @@ from torch import Tensor
 from ssl_ft.methods.base import register
 from ssl_ft.methods.corruptions import random_holes, swap_patches
 from ssl_ft.methods.decoder import RestorativeConfig, RestorativeMethod
-from ssl_ft.models import Backbone
 
 __all__ = ["Inpainting", "InpaintingConfig"]
 
@@ -100,9 +98,6 @@ class Inpainting(RestorativeMethod):
 
     name = "inpainting"
     Config = InpaintingConfig
-
-    def __init__(self, backbone: Backbone, cfg: InpaintingConfig, **kwargs: Any) -> None:
-        super().__init__(backbone, cfg, **kwargs)
 
     def corrupt(self, x: Tensor, generator: torch.Generator | None = None
                 ) -> tuple[Tensor, Tensor | None]:
