@@ -12,7 +12,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ssl_ft.checkpoint import load_checkpoint
@@ -20,7 +19,7 @@ from ssl_ft.data import load_data
 from ssl_ft.errors import UserError
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import DepthMap, check_input_size, create_backbone
-from ssl_ft.pretrain.evaluate import extract_features
+from ssl_ft.pretrain.evaluate import extract_features, padded_proba
 
 __all__ = ["ProbeResult", "linear_probe"]
 
@@ -87,18 +86,13 @@ def linear_probe(
     best = None
     for c in c_grid:
         clf = LogisticRegression(C=c, max_iter=2000).fit(x["train"], splits.labels["train"])
-        val = classification_metrics(splits.labels["val"], _probs(clf, x["val"], info.num_classes),
+        val = classification_metrics(splits.labels["val"], padded_proba(clf, x["val"], info.num_classes),
                                      info.task)
         if best is None or val["auc"] > best[1]["auc"]:
             best = (c, val, clf)
     c, val, clf = best
-    test = classification_metrics(splits.labels["test"], _probs(clf, x["test"], info.num_classes),
+    test = classification_metrics(splits.labels["test"], padded_proba(clf, x["test"], info.num_classes),
                                   info.task, list(info.label_names))
     return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
                        c, {"auc": val["auc"], "acc": val["acc"]}, test, seed)
 
-
-def _probs(clf, x: np.ndarray, num_classes: int) -> np.ndarray:
-    out = np.zeros((len(x), num_classes))
-    out[:, clf.classes_] = clf.predict_proba(x)
-    return out

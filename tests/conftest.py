@@ -34,3 +34,19 @@ def pneumonia(data_root: Path):
     with np.load(path) as npz:
         images = npz["train_images"][:128]
     return torch.from_numpy(images).float().div(255).unsqueeze(1)
+
+
+def load_tool(name: str):
+    """The module of ``tools/<name>.py`` (tools are scripts, not package modules)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tool():
+    """``tool("probe")`` loads ``tools/probe.py`` so a test can call its ``main``."""
+    return load_tool

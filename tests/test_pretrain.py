@@ -30,16 +30,11 @@ def run_tool(*args, **kw):
     return subprocess.run([*TOOL, *args], capture_output=True, text=True, cwd=REPO, **kw)
 
 
-def run_in_process(capsys, *args):
+def run_in_process(capsys, tool, *args):
     """tools/pretrain.py's main through the same exit-status wrapper, without a new process."""
-    import importlib.util
-
     from ssl_ft.cli import run
 
-    spec = importlib.util.spec_from_file_location("pretrain_tool", TOOL[1])
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    code = run(module.main, list(args))
+    code = run(tool("pretrain").main, list(args))
     return code, capsys.readouterr().err
 
 
@@ -74,17 +69,17 @@ def test_pretrain_cli_writes_run_folder(data_root, tmp_path):
      ("data.name=nosuchdata", "nosuchdata"),
      ("model.arch=resnet19", "resnet19")],
 )
-def test_bad_input_exits_2_with_one_line(data_root, tmp_path, capsys, override, needle):
-    code, err = run_in_process(capsys, str(QUICK), *tiny(data_root, tmp_path / "r"), override)
+def test_bad_input_exits_2_with_one_line(data_root, tmp_path, capsys, tool, override, needle):
+    code, err = run_in_process(capsys, tool, str(QUICK), *tiny(data_root, tmp_path / "r"), override)
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1].startswith("error: ") and needle in lines[-1], err
     assert not (tmp_path / "r").exists()  # nothing written before the input was checked
 
 
-def test_run_folder_that_is_a_file_is_a_user_error(data_root, tmp_path, capsys):
+def test_run_folder_that_is_a_file_is_a_user_error(data_root, tmp_path, capsys, tool):
     (tmp_path / "file").write_text("x")
-    code, err = run_in_process(capsys, str(QUICK), *tiny(data_root, tmp_path / "file"))
+    code, err = run_in_process(capsys, tool, str(QUICK), *tiny(data_root, tmp_path / "file"))
     assert code == 2 and "cannot create run folder" in err and "file" in err
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,19 +10,10 @@ import pytest
 from ssl_ft.cli import run
 from ssl_ft.metrics import classification_metrics
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "probe.py"
 
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("probe_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_probe_tool_random_init(data_root, tmp_path, capsys):
+def test_probe_tool_random_init(data_root, tmp_path, capsys, tool):
     out = tmp_path / "probe.json"
-    code = run(_tool().main, ["--checkpoint", "none", "--arch", "resnet18", "--data",
+    code = run(tool("probe").main, ["--checkpoint", "none", "--arch", "resnet18", "--data",
                               "breastmnist", "--data-root", str(data_root), "--seed", "0",
                               "--seed", "1", "--out", str(out)])
     assert code == 0
@@ -38,8 +27,8 @@ def test_probe_tool_random_init(data_root, tmp_path, capsys):
     assert results[0]["test"]["auc"] != results[1]["test"]["auc"]
 
 
-def test_probe_tool_needs_arch_without_checkpoint(data_root, capsys):
-    code = run(_tool().main, ["--checkpoint", "none", "--data", "breastmnist",
+def test_probe_tool_needs_arch_without_checkpoint(data_root, capsys, tool):
+    code = run(tool("probe").main, ["--checkpoint", "none", "--data", "breastmnist",
                               "--data-root", str(data_root)])
     assert code == 2 and "needs an arch" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ from torch import nn
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
 
-__all__ = ["extract_features", "knn_probs", "linear_probe_probs", "probe"]
+__all__ = ["extract_features", "knn_probs", "linear_probe_probs", "padded_proba", "probe"]
 
 
 @torch.no_grad()
@@ -75,8 +75,14 @@ def linear_probe_probs(train: torch.Tensor, train_labels: torch.Tensor, query: t
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     clf.fit(train.numpy(), train_labels.numpy())
-    probs = np.zeros((len(query), num_classes))
-    probs[:, clf.classes_] = clf.predict_proba(query.numpy())  # classes absent from train: 0
+    return padded_proba(clf, query.numpy(), num_classes)
+
+
+def padded_proba(clf, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """``clf.predict_proba(x)`` widened to ``num_classes`` columns (classes absent from the
+    classifier's training labels get probability 0)."""
+    probs = np.zeros((len(x), num_classes))
+    probs[:, clf.classes_] = clf.predict_proba(x)
     return probs
 
 
