@@ -148,9 +148,24 @@ class Backbone(nn.Sequential):
         wanted = sorted(set(range(len(self.units)) if indices is None else indices))
         if wanted and not 0 <= wanted[0] <= wanted[-1] < len(self.units):
             raise ValueError(f"unit indices {list(indices or [])} outside 0..{len(self.units) - 1}")
-        outputs: dict[int, torch.Tensor] = {}
+        outputs: list[torch.Tensor] = []
+        start = 0
+        for i in wanted:
+            x = self.forward_units(x, start, i + 1)
+            outputs.append(x)
+            start = i + 1
+        return outputs
+
+    def forward_units(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run units ``start .. stop-1`` on ``x`` (the output of unit ``start - 1``).
+
+        Lets a caller run a frozen prefix under ``torch.no_grad()`` and the rest with autograd.
+        Inside a DenseNet block the running concatenation is the state, so a split anywhere is
+        exact.
+        """
+        stop = len(self.units) if stop is None else stop
         dense: list[torch.Tensor] | None = None  # DenseNet: features concatenated inside a block
-        for i, unit in enumerate(self.units[: (wanted[-1] + 1) if wanted else 0]):
+        for unit in self.units[start:stop]:
             if ".denselayer" in unit.modules[0]:
                 dense = [x] if dense is None else dense
                 dense.append(self.get_submodule(unit.modules[0])(dense))
@@ -159,9 +174,7 @@ class Backbone(nn.Sequential):
                 dense = None
                 for path in unit.modules:
                     x = self.get_submodule(path)(x)
-            if i in wanted:
-                outputs[i] = x
-        return [outputs[i] for i in wanted]
+        return x
 
     def unit_parameters(self, unit: UnitSpec) -> list[tuple[str, nn.Parameter]]:
         """``(name, parameter)`` pairs of one unit, names relative to the backbone."""

@@ -1,0 +1,356 @@
+"""The fine-tuning loop: checkpoint -> select(layers, truncate) -> strategy -> metrics.json.
+
+The run folder (``out``) holds
+
+* ``metrics.json``: validation and test AUC/ACC (MedMNIST conventions) of the model with the
+  best validation AUC, per-class metrics, confusion matrices, the selection and the recipe;
+* ``model.pt``: that model (truncated backbone + head), see :func:`~ssl_ft.finetune.load_finetuned`;
+* ``last.pt``: model, optimiser and strategy state after the last finished epoch (``--resume``),
+  ``best.pt``: the best model so far; both written atomically;
+* ``recipe.yaml``, ``metrics.jsonl`` (one line an epoch) and ``tb/`` (TensorBoard).
+
+Randomness is re-seeded from ``(seed, epoch)`` every epoch, so a resumed run repeats the batches
+of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from tqdm import tqdm
+
+from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
+from ssl_ft.config import from_dict, load_recipe, to_dict
+from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.errors import UserError
+from ssl_ft.finetune.config import FinetuneConfig
+from ssl_ft.finetune.model import (
+    FinetuneModel,
+    build_backbone,
+    load_finetuned,
+    predict_proba,
+    save_finetuned,
+)
+from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
+from ssl_ft.finetune.strategies import Strategy, get_strategy
+from ssl_ft.metrics import classification_metrics
+from ssl_ft.models import check_input_size
+from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.runtime import (
+    Dist,
+    autocast,
+    cleanup_distributed,
+    init_distributed,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    set_threads,
+)
+
+__all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare"]
+
+# recipe keys that may change when a run is resumed
+_RESUMABLE = {"out", "device", "threads", "precision", "data_root", "download"}
+
+
+def load_finetune_recipe(path: str | None, overrides: list[str] = ()) -> FinetuneConfig:
+    """A validated :class:`FinetuneConfig` from an optional YAML recipe plus ``key=value``s."""
+    cfg = load_recipe(path, FinetuneConfig, overrides)
+    get_strategy(cfg.strategy)
+    return cfg
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before the first step (also what ``--dry-run`` prints)."""
+
+    cfg: FinetuneConfig
+    splits: ArraySplits
+    model: FinetuneModel
+    selection: Selection
+    strategy: Strategy
+    source: dict[str, Any]
+
+    @property
+    def trainable_params(self) -> dict[str, int]:
+        """Backbone parameters trained in at least one epoch, head parameters, their sum."""
+        units = sorted({i for e in range(self.cfg.epochs)
+                        for i in self.strategy.trained_units(e)})
+        bb = self.model.backbone
+        backbone = sum(p.numel() for i in units for _, p in bb.unit_parameters(bb.units[i]))
+        head = sum(p.numel() for p in self.model.head.parameters())
+        return {"backbone": backbone, "head": head, "total": backbone + head}
+
+    def describe(self) -> str:
+        """The depth-map table plus what the strategy trains."""
+        n = self.trainable_params
+        lines = [self.selection.table(),
+                 f"strategy {self.cfg.strategy}: trains {n['backbone']:,} backbone + "
+                 f"{n['head']:,} head = {n['total']:,} parameters "
+                 f"({self.splits.info.num_classes} classes)"]
+        if self.cfg.strategy != "ft":
+            per_epoch = [len(self.strategy.trained_units(e)) for e in range(self.cfg.epochs)]
+            lines.append(f"trained units per epoch: {per_epoch}")
+        return "\n".join(lines)
+
+
+def prepare(cfg: FinetuneConfig) -> Prepared:
+    """Load data, build and truncate the backbone, select units, build the strategy."""
+    strategy_cls = get_strategy(cfg.strategy)
+    strategy_cfg = from_dict(strategy_cls.Config, cfg.strategy_args, where="strategy_args",
+                             prefix="strategy_args.")
+    splits = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
+                       label_fraction=cfg.label_fraction, limit=cfg.limit, seed=cfg.seed,
+                       download=cfg.download)
+    info = splits.info
+    backbone, source = build_backbone(cfg.checkpoint, info, arch=cfg.arch, stem=cfg.stem,
+                                      normalization=cfg.normalization)
+    depth_map = DepthMap.from_backbone(backbone, cfg.depth_unit)
+    selection = depth_map.select(cfg.layers, cfg.truncate,
+                                 allow_empty=strategy_cls.allow_empty_selection)
+    selection.apply(backbone)
+    check_input_size(backbone, info.image_size)
+    model = FinetuneModel(backbone, info.num_classes, tuple(source["mean"]),
+                          tuple(source["std"]))
+    selected = [u.index for u in selection.trained]
+    strategy = strategy_cls(model, selected, cfg.epochs, strategy_cfg)
+    return Prepared(cfg, splits, model, selection, strategy, source)
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
+    """Run (or resume) one fine-tuning run; returns the run folder."""
+    device = resolve_device(cfg.device)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = resolve_device(f"cuda:{dist.local_rank}")
+    try:
+        return _finetune(cfg, dist, device, resume, progress)
+    finally:
+        cleanup_distributed()
+
+
+def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
+             precision: str) -> dict[str, Any]:
+    """MedMNIST-convention metrics of ``model`` on one split."""
+    info = splits.info
+    with autocast(device, precision):
+        probs = predict_proba(model, splits.images[split], max_value=info.max_value,
+                              device=device)
+    return classification_metrics(splits.labels[split], probs, info.task, info.label_names)
+
+
+def _meta(p: Prepared, epoch: int) -> dict[str, Any]:
+    info, cfg = p.splits.info, p.cfg
+    return {
+        "method": f"finetune:{cfg.strategy}", "source_method": p.source["method"],
+        "family": p.source["family"], "arch": p.source["arch"], "in_chans": info.n_channels,
+        "image_size": info.image_size, "stem": p.source["stem"],
+        "normalization": {"mean": p.source["mean"], "std": p.source["std"],
+                          "max_value": info.max_value},
+        "recipe": to_dict(cfg), "data": info.name, "data_fingerprint": info.fingerprint,
+        "epoch": epoch, "label_names": list(info.label_names), "task": info.task,
+        "layers": p.selection.layers_str, "truncate": float(p.selection.truncate),
+    }
+
+
+def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> None:
+    now = to_dict(cfg)
+    for key, value in now.items():
+        if key not in _RESUMABLE and old.get(key) != value:
+            raise UserError(f"cannot resume {path}: it was made with {key}={old.get(key)!r}, "
+                            f"the recipe now says {value!r}")
+
+
+def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: bool,
+              progress: bool | None) -> Path:
+    out = Path(cfg.out)
+    last = out / "last.pt"
+    if (out / "metrics.json").exists() and resume:
+        if dist.is_main:
+            print(f"{out} is finished (metrics.json exists); nothing to do", file=sys.stderr)
+        return out
+    if last.exists() and not resume:
+        raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
+                        "or choose another --out")
+    precision = resolve_precision(cfg.precision, device)
+    threads = set_threads(cfg.threads, dist)
+    seed_everything(cfg.seed)
+    p = prepare(cfg)
+    model, strategy, info = p.model.to(device), p.strategy, p.splits.info
+    optimizer = _optimizer(cfg, strategy)
+    images = p.splits.images["train"]
+    x_all = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
+    y_all = torch.from_numpy(p.splits.labels["train"])
+    per_rank = min(max(1, cfg.batch_size // dist.world_size), len(x_all) // dist.world_size)
+    if per_rank < 2:
+        raise UserError(f"{len(x_all)} training images are too few for {dist.world_size} "
+                        "process(es); raise --label-fraction or --limit")
+    data = TensorDataset(x_all, y_all)
+    sampler = DistributedSampler(data, num_replicas=dist.world_size, rank=dist.rank,
+                                 shuffle=True, seed=cfg.seed)
+    loader = DataLoader(data, batch_size=per_rank, sampler=sampler, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    steps = len(loader)
+    phases = strategy.phases()
+
+    start_epoch, step, history = 0, 0, []
+    best = {"auc": -1.0, "epoch": 0}
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        _check_resumable(ckpt.meta.get("recipe", {}), cfg, last)
+        model.backbone.load_state_dict(ckpt.backbone)
+        model.head.load_state_dict(ckpt.extra["head"])
+        optimizer.load_state_dict(ckpt.extra["optimizer"])
+        strategy.load_state_dict(ckpt.extra.get("strategy", {}))
+        start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
+        best = dict(ckpt.extra["best"])
+        history = [json.loads(h) for h in ckpt.extra.get("history", [])]
+    writer = None
+    if dist.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
+        (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch or None)
+        n = p.trainable_params
+        print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
+              f"({len(x_all)} train images, {info.image_size}px): strategy {cfg.strategy}, "
+              f"layers {p.selection.layers_str}, truncate {float(p.selection.truncate):g}, "
+              f"{n['total']:,} trainable parameters, {cfg.epochs} epochs x {steps} steps, "
+              f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
+              file=sys.stderr)
+    show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+    loss_fn = nn.CrossEntropyLoss()
+    ddp_units: list[int] | None = None
+    net: nn.Module = model
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+        sampler.set_epoch(epoch)
+        trained = strategy.trained_units(epoch)
+        set_trainable(model, trained)
+        if dist.enabled and trained != ddp_units:  # DDP tracks a fixed set of parameters
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+            ddp_units = trained
+        train_mode(model, trained, cfg.freeze_bn)
+        measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank, info.max_value,
+                            device, precision)
+        stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show,
+                   mininterval=2.0, file=sys.stderr)
+        for xb, yb in bar:
+            lr = lr_at(epoch + (step % steps) / steps, phases, cfg.lr, cfg.warmup_epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            x = augment_batch(xb.to(device, non_blocking=True).float() / info.max_value, cfg.augment)
+            with autocast(device, precision):
+                loss = loss_fn(net(x).float(), yb.to(device))
+            extra = strategy.penalty()
+            total = loss + extra if extra is not None else loss
+            if not torch.isfinite(total):
+                raise FloatingPointError(f"loss is {total.item()} at epoch {epoch + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            step += 1
+            seen += len(x)
+            loss_sum += float(loss.detach()) * len(x)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+        stats.update({"epoch": epoch + 1, "phase": strategy.phase_name(epoch),
+                      "train_loss": loss_sum / max(1, seen), "lr": lr,
+                      "images_per_s": seen / max(1e-9, time.perf_counter() - t0),
+                      "trained_units": len(trained)})
+        if dist.is_main:
+            best = _end_of_epoch(p, out, stats, best, history, optimizer, step, writer,
+                                 device, precision)
+        if dist.enabled:
+            torch.distributed.barrier()
+    if writer is not None:
+        writer.close()
+    if dist.is_main:
+        _finish(p, out, best, history, device, precision)
+    return out
+
+
+def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str, Any],
+                  history: list[dict], optimizer: torch.optim.Optimizer, step: int, writer: Any,
+                  device: torch.device, precision: str) -> dict[str, Any]:
+    """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
+    model, epoch = p.model, stats["epoch"]
+    val = evaluate(model, p.splits, "val", device, precision)
+    stats.update(val_auc=val["auc"], val_acc=val["acc"])
+    score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]  # a one-class val split
+    if score > best["auc"]:
+        best = {"auc": float(score), "epoch": epoch}
+        save_finetuned(out / "best.pt", model, _meta(p, epoch))
+    history.append(stats)
+    _log_epoch(writer, out, stats, p.cfg.epochs)
+    save_checkpoint(out / "last.pt", model.backbone.state_dict(), _meta(p, epoch), extra={
+        "head": model.head.state_dict(), "optimizer": optimizer.state_dict(),
+        "strategy": p.strategy.state_dict(), "step": step, "best": best,
+        "history": [json.dumps(h) for h in history]})
+    return best
+
+
+def _optimizer(cfg: FinetuneConfig, strategy: Strategy) -> torch.optim.Optimizer:
+    groups = strategy.param_groups(cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def _log_epoch(writer: Any, out: Path, stats: dict[str, Any], epochs: int) -> None:
+    for key, value in stats.items():
+        if isinstance(value, int | float) and key != "epoch":
+            writer.add_scalar(f"epoch/{key}", value, stats["epoch"])
+    with (out / "metrics.jsonl").open("a") as fh:
+        fh.write(json.dumps(stats) + "\n")
+    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                      for k, v in stats.items() if k != "epoch")
+    print(f"epoch {stats['epoch']}/{epochs}  {shown}", file=sys.stderr)
+
+
+def _finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
+            device: torch.device, precision: str) -> None:
+    """Evaluate the best-validation model on val and test; write model.pt and metrics.json."""
+    model = load_finetuned(out / "best.pt", map_location=device)
+    results = {split: evaluate(model, p.splits, split, device, precision)
+               for split in ("val", "test")}
+    save_finetuned(out / "model.pt", model, model.meta)
+    cfg, n = p.cfg, p.trainable_params
+    metrics = {
+        "val": results["val"], "test": results["test"],
+        "layers": p.selection.layers_str, "truncate": float(p.selection.truncate),
+        "strategy": cfg.strategy, "trainable_params": n["total"],
+        "trainable_backbone_params": n["backbone"], "head_params": n["head"],
+        "seed": cfg.seed, "label_fraction": cfg.label_fraction,
+        "best_epoch": best["epoch"], "epochs": cfg.epochs,
+        "checkpoint": cfg.checkpoint, "source": p.source, "data": p.splits.info.name,
+        "n_train": len(p.splits.labels["train"]), "depth_unit": p.selection.depth_map.rule,
+        "units": [{"name": u.name, "depth": float(u.depth), "params": u.params, "status": s}
+                  for u, s in zip(p.selection.depth_map.units, p.selection.status, strict=True)],
+        "history": history, "recipe": to_dict(cfg),
+    }
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(out / "metrics.json")
+    print(f"best epoch {best['epoch']}: val AUC {results['val']['auc']:.4f} ACC "
+          f"{results['val']['acc']:.4f}; test AUC {results['test']['auc']:.4f} ACC "
+          f"{results['test']['acc']:.4f}; wrote {out / 'metrics.json'}", file=sys.stderr)

@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Fine-tune a (self-supervised) checkpoint on a labelled dataset, depth-wise.
+
+    python tools/finetune.py --checkpoint runs/simclr/checkpoint.pt --data pneumoniamnist \\
+        --layers 25-50 --truncate 75 --strategy lp-ft --seed 0 --out runs/ft/simclr_25-50
+    python tools/finetune.py --checkpoint runs/simclr/checkpoint.pt --layers 25-50 --dry-run
+    python tools/finetune.py RECIPE.yaml [--flags] [key=value ...]
+
+Writes DIR/metrics.json (val/test AUC and ACC of the best-validation epoch, per class, confusion
+matrices), DIR/model.pt (the fine-tuned model), last.pt (for --resume), TensorBoard logs in DIR/tb.
+Under ``torchrun --nproc_per_node N tools/finetune.py ...`` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ssl_ft.cli import run
+
+# flag -> recipe key; every flag is also a recipe key (dashes become underscores)
+FLAGS: dict[str, dict] = {
+    "--checkpoint": dict(help="ssl_ft checkpoint, plain torchvision/timm state dict, "
+                              "'imagenet' or 'none' (random init: the from-scratch baseline)"),
+    "--arch": dict(help="architecture (needed with none/imagenet/plain state dicts; "
+                        "checked against an ssl_ft checkpoint)"),
+    "--stem": dict(choices=["standard", "lowres"], help="stem (default: the checkpoint's)"),
+    "--data": dict(help="MedMNIST name, .npz name in the data root, .npz path or image folder"),
+    "--data-root": dict(help="where data names are looked up (default $SSL_FT_DATA)"),
+    "--size": dict(type=int, help="resize images to SIZE x SIZE"),
+    "--channels": dict(type=int, choices=[1, 3], help="convert images to 1 or 3 channels"),
+    "--layers": dict(metavar="A-B", help="train the units whose depth lies in (A, B] "
+                                          "(default 0-100)"),
+    "--truncate": dict(metavar="P", help="keep the units at depth <= P %% (default 100)"),
+    "--depth-unit": dict(choices=["stage", "block", "param"],
+                         help="how units get depths (default: per architecture)"),
+    "--strategy": dict(help="ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn "
+                            "discriminative (default ft)"),
+    "--epochs": dict(type=int),
+    "--batch-size": dict(type=int),
+    "--lr": dict(type=float),
+    "--label-fraction": dict(type=float, metavar="F", help="share of the train labels used"),
+    "--limit": dict(type=int, help="at most this many images per split"),
+    "--seed": dict(type=int),
+    "--out": dict(metavar="DIR", help="run folder (default runs/finetune)"),
+    "--device": dict(help="auto, cpu, cuda or cuda:N"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="finetune.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Other recipe keys as key=value, e.g. strategy_args.lp_epochs=3 optimizer=sgd "
+               "freeze_bn=false augment=flip. See docs/finetuning.md.")
+    parser.add_argument("items", nargs="*", metavar="RECIPE.yaml | key=value",
+                        help="an optional YAML recipe, then recipe overrides")
+    for flag, kw in FLAGS.items():
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, **kw)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last.pt")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the depth-map table and the trainable parameters; no training")
+    args = parser.parse_intermixed_args(argv)
+
+    from ssl_ft.errors import UserError
+    from ssl_ft.finetune import finetune, load_finetune_recipe, prepare
+
+    recipe, overrides = None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif recipe is None:
+            recipe = item
+        else:
+            raise UserError(f"unexpected argument {item!r}: give one recipe, then key=value")
+    for flag in FLAGS:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_finetune_recipe(recipe, overrides)
+    if args.dry_run:
+        print(prepare(cfg).describe())
+        return
+    finetune(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
