@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 
 from ssl_ft.checkpoint import load_checkpoint
@@ -21,7 +23,7 @@ from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import DepthMap, check_input_size, create_backbone
 from ssl_ft.pretrain.evaluate import extract_features, padded_proba
 
-__all__ = ["ProbeResult", "linear_probe"]
+__all__ = ["ProbeResult", "fit_probe", "linear_probe"]
 
 
 @dataclass
@@ -55,7 +57,6 @@ def linear_probe(
 ) -> ProbeResult:
     """Probe a checkpoint (or, with ``checkpoint=None``, a randomly initialised ``arch``
     seeded by ``seed``) on ``data``. ``truncate`` probes the pooled output at that depth."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     meta = load_checkpoint(checkpoint).meta if checkpoint else {}
@@ -83,16 +84,26 @@ def linear_probe(
     }
     scaler = StandardScaler().fit(feats["train"])
     x = {k: scaler.transform(v) for k, v in feats.items()}
-    best = None
-    for c in c_grid:
-        clf = LogisticRegression(C=c, max_iter=2000).fit(x["train"], splits.labels["train"])
-        val = classification_metrics(splits.labels["val"], padded_proba(clf, x["val"], info.num_classes),
-                                     info.task)
-        if best is None or val["auc"] > best[1]["auc"]:
-            best = (c, val, clf)
-    c, val, clf = best
+    clf, c, val = fit_probe(x["train"], splits.labels["train"], x["val"], splits.labels["val"],
+                            task=info.task, num_classes=info.num_classes, c_grid=c_grid)
     test = classification_metrics(splits.labels["test"], padded_proba(clf, x["test"], info.num_classes),
                                   info.task, list(info.label_names))
     return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
                        c, {"auc": val["auc"], "acc": val["acc"]}, test, seed)
 
+
+
+def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
+              task: str, num_classes: int,
+              c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0)) -> tuple[Any, float, dict]:
+    """Logistic regression on ``x_train`` for each ``C`` in ``c_grid``; returns the classifier
+    with the best validation AUC, its ``C`` and its validation metrics."""
+    from sklearn.linear_model import LogisticRegression
+
+    best = None
+    for c in c_grid:
+        clf = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
+        val = classification_metrics(y_val, padded_proba(clf, x_val, num_classes), task)
+        if best is None or val["auc"] > best[2]["auc"]:
+            best = (clf, float(c), val)
+    return best

@@ -439,7 +439,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> None:
                     f"checkpoint {path} was made for {key}={meta[key]!r}, "
                     f"not {key}={have!r}"
                 )
-    matched, report = match_state_dict(state, backbone, ignore=("fc.", "classifier."))
+    try:
+        matched, report = match_state_dict(state, backbone, ignore=("fc.", "classifier."))
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
     missing = [k for k in report.missing if not k.endswith("num_batches_tracked")]
     if missing:
         raise UserError(
