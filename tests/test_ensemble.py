@@ -152,3 +152,11 @@ def test_mismatched_inputs_fail_clearly(data_root, tmp_path, tool, capsys, ckpts
     assert _run(tool, argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and needle in err, err
+
+
+def test_shipped_recipe_loads():
+    from ssl_ft.ensemble import load_ensemble_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "ensemble"
+    cfg = load_ensemble_recipe(str(recipe / "simclr_genesis_pneumoniamnist.yaml"), ["seed=4"])
+    assert cfg.depths == [50, 75] and cfg.seed == 4 and len(cfg.checkpoints) == 2

@@ -242,3 +242,58 @@ def test_lp_ft_second_phase_starts_from_the_probed_head(data_root, tmp_path, too
     start = load_checkpoint(ckpt).backbone
     assert all(torch.equal(backbone[k], start[k]) for k in start)  # LP left the backbone alone
     assert not torch.equal(seen[0][0], head)
+
+
+@pytest.mark.parametrize("name", ["simclr_pneumoniamnist_25-50", "lp-ft_example"])
+def test_shipped_recipes_validate(data_root, tmp_path, tool, ckpt, capsys, name):
+    from pathlib import Path as P
+
+    recipe = P(__file__).resolve().parents[1] / "recipes" / "finetune" / f"{name}.yaml"
+    assert _run(tool, [str(recipe), "--checkpoint", str(ckpt), "--data-root", str(data_root),
+                       "--limit", "64", "--dry-run"]) == 0
+    assert "trainable backbone parameters" in capsys.readouterr().out
+
+
+def test_timm_backbone_selection_is_exact(data_root, tmp_path, tool):
+    torch.manual_seed(5)
+    state = create_backbone("timm:resnet10t", in_chans=1).state_dict()
+    path = tmp_path / "timm.pth"
+    torch.save(state, path)
+    out = tmp_path / "t"
+    assert _run(tool, _args(data_root, out, "--checkpoint", str(path), "--arch",
+                            "timm:resnet10t", "--layers", "50-75", "--truncate", "75")) == 0
+    tuned = load_checkpoint(out / "model.pt").backbone
+    assert not any(k.startswith("layer4") for k in tuned)
+    changed = {k for k in tuned if not torch.equal(tuned[k], state[k])}
+    # timm's resnet10t has 5 feature stages (act1, layer1-4) at 20 % each: 50-75 is layer2
+    assert not any(k.startswith("layer3") for k in tuned)
+    assert changed and all(k.startswith("layer2") for k in changed), sorted(changed)[:3]
+    model = load_finetuned(out / "model.pt")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 2)
+
+
+def test_sigkill_leaves_a_resumable_run(data_root, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "k"
+    cmd = [sys.executable, str(repo / "tools" / "finetune.py"), "--checkpoint", "none",
+           "--arch", "resnet18", *_args(data_root, out, "--epochs", "12", "--layers", "75-100")]
+    proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch = load_checkpoint(out / "last.pt").meta["epoch"]
+    assert 1 <= epoch < 12
+    res = subprocess.run([*cmd, "--resume"], cwd=repo, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, 13))
