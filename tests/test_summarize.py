@@ -22,12 +22,15 @@ def test_mean_and_sample_std_per_group(tmp_path, tool, capsys):
     _write(tmp_path / "b0", "0-100", 0, 0.85, 0.7)
     summarize = tool("summarize")
     assert summarize.run(summarize.main, [str(tmp_path), "--by", "model", "layers",
-                                          "--csv", str(tmp_path / "t.csv")]) == 0
+                                          "--csv", str(tmp_path / "t.csv"),
+                                          "--plot", str(tmp_path / "bars.png")]) == 0
+    assert (tmp_path / "bars.png").read_bytes()[:4] == b"\x89PNG"
     text = capsys.readouterr().out
     assert "| simclr | 25-50 | 3 | 0.920 ± 0.020 | 0.800 ± 0.000 |" in text
     assert "| simclr | 0-100 | 1 | 0.850 ± 0.000 |" in text
     rows = list(csv.DictReader(open(tmp_path / "t.csv")))
-    assert float(rows[0]["test_auc_mean"]) == pytest.approx(0.92)
+    assert [r["layers"] for r in rows] == ["0-100", "25-50"]  # numbers sorted by value
+    assert float(rows[1]["test_auc_mean"]) == pytest.approx(0.92)
 
 
 def test_missing_folder_and_key_exit_2(tmp_path, tool, capsys):
