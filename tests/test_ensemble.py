@@ -160,3 +160,16 @@ def test_shipped_recipe_loads():
     recipe = Path(__file__).resolve().parents[1] / "recipes" / "ensemble"
     cfg = load_ensemble_recipe(str(recipe / "simclr_genesis_pneumoniamnist.yaml"), ["seed=4"])
     assert cfg.depths == [50, 75] and cfg.seed == 4 and len(cfg.checkpoints) == 2
+
+
+def test_models_may_differ_in_architecture_and_normalisation(data_root, tmp_path, ckpts):
+    cfg = _cfg(data_root, tmp_path, [ckpts[0], "none"], arch="vgg11", limit=100)
+    members = load_members(cfg)
+    assert [(m.source["arch"], m.depth, m.dim) for m in members] == [("resnet18", 50.0, 128),
+                                                                     ("vgg11", 100.0, 512)]
+    info = members[1].splits.info
+    assert members[0].source["mean"] == [0.5]  # the checkpoint's own normalisation
+    assert members[1].source["mean"] == pytest.approx(list(info.mean))  # the data's
+    _, metrics = ensemble(cfg)
+    assert [m["arch"] for m in metrics["models"]] == ["resnet18", "vgg11"]
+    assert set(metrics["baselines"]) == {"simclr", "none", "late_fusion"}

@@ -17,7 +17,7 @@ class EnsembleConfig:
     #                       contrastive 50 (end of the 2nd quarter), restorative 75, others 100
     layers: list[str] = field(default_factory=list)       # per model, fine-tuned jointly (ft)
     strategy: Literal["lp", "ft", "lp-ft"] = "lp"
-    arch: str | None = None        # for none/imagenet/plain state dicts
+    arch: str | None = None        # for the none/imagenet/plain-state-dict models
     data: str = "pneumoniamnist"
     data_root: str | None = None
     size: int | None = None

@@ -136,7 +136,8 @@ def load_members(cfg) -> list[Member]:
                                     limit=cfg.limit, seed=cfg.seed, download=cfg.download)
         splits = data[chans]
         torch.manual_seed(cfg.seed)  # random-init members are reproducible
-        backbone, source = build_backbone(ck, splits.info, arch=cfg.arch)
+        # --arch is for the models without metadata; ssl_ft checkpoints say their own
+        backbone, source = build_backbone(ck, splits.info, arch=None if meta else cfg.arch)
         dm = DepthMap.from_backbone(backbone)
         selection = dm.select(lay or "0-100", depth, allow_empty=True)
         if lay is None:  # frozen
