@@ -1,0 +1,147 @@
+"""Study figures, drawn from the per-cell summary (:func:`ssl_ft.study.report.summarize`):
+
+* ``heatmap.png``: mean test AUC of each layer selection (columns) x SSL model (rows), one panel
+  per dataset / architecture / label fraction (Khan & Fang's question: which quarter?);
+* ``strategies.png``: mean test AUC (± std) per strategy, one bar colour per dataset and
+  architecture (Davila et al.'s question: which strategy?);
+* ``label_fractions.png``: mean test AUC against the share of labels, one line per model and
+  selection, one panel per dataset;
+* ``fusion.png``: fusion against each model alone and late fusion.
+
+A figure is drawn only when the study varies what it shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["draw_figures"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _panels(n: int, w: float = 4.6, h: float = 3.6):
+    plt = _plt()
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return plt, fig, list(axes.flat)
+
+
+def draw_figures(s: pd.DataFrame, out: Path) -> list[Path]:
+    files = []
+    ft = s[s["kind"] == "finetune"]
+    if not ft.empty:
+        main_strategy = ft["strategy"].mode().iloc[0]
+        heat = ft[ft["strategy"] == main_strategy]
+        if heat["selection"].nunique() > 1 or heat["model"].nunique() > 1:
+            files.append(_heatmap(heat, out / "heatmap.png", main_strategy))
+        if ft["strategy"].nunique() > 1:
+            files.append(_strategies(ft, out / "strategies.png"))
+        if ft["label_fraction"].nunique() > 1:
+            files.append(_fractions(ft, out / "label_fractions.png"))
+    fu = s[s["kind"] == "ensemble"]
+    if not fu.empty:
+        files.append(_fusion(fu, out / "fusion.png"))
+    return files
+
+
+def _heatmap(df: pd.DataFrame, path: Path, strategy: str) -> Path:
+    groups = list(df.groupby(["data", "arch", "label_fraction"], sort=False))
+    plt, fig, axes = _panels(len(groups), w=5.2, h=0.9 + 0.55 * df["model"].nunique())
+    for ax, (key, g) in zip(axes, groups, strict=False):
+        table = g.pivot_table(index="model", columns="selection", values="test_auc_mean",
+                              sort=False)
+        im = ax.imshow(table.to_numpy(), cmap="viridis", aspect="auto")
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(table.shape[0]), table.index, fontsize=8)
+        vals = table.to_numpy()
+        for (i, j), v in np.ndenumerate(vals):
+            if np.isfinite(v):
+                best = v == np.nanmax(vals[i])
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=8,
+                        color="black" if v > np.nanmean(vals) else "white",
+                        fontweight="bold" if best else "normal")
+        ax.set_title(f"{key[0]} {key[1]} labels {key[2]:g}: test AUC", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.suptitle(f"layer selection x model ({strategy}); bold: best in the row", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _strategies(df: pd.DataFrame, path: Path) -> Path:
+    groups = list(df.groupby(["label_fraction"], sort=False))
+    plt, fig, axes = _panels(len(groups), w=6.5)
+    for ax, (key, g) in zip(axes, groups, strict=False):
+        hues = list(dict.fromkeys(g["data"] + " " + g["arch"] + " " + g["model"]))
+        strategies = list(dict.fromkeys(g["strategy"]))
+        width = 0.8 / len(hues)
+        for j, hue in enumerate(hues):
+            h = g[(g["data"] + " " + g["arch"] + " " + g["model"]) == hue].groupby("strategy")
+            means = h["test_auc_mean"].mean().reindex(strategies)
+            stds = h["test_auc_std"].mean().reindex(strategies)
+            ax.bar(np.arange(len(strategies)) + (j - (len(hues) - 1) / 2) * width, means,
+                   width, yerr=stds, capsize=2, label=hue, color=f"C{j}")
+        ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
+        low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"])
+        ax.set_ylim(max(0.0, low - 0.03), 1.0)
+        ax.set_ylabel("test AUC (mean ± std)")
+        ax.set_title(f"label fraction {key[0]:g}", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fractions(df: pd.DataFrame, path: Path) -> Path:
+    groups = list(df.groupby(["data", "arch"], sort=False))
+    plt, fig, axes = _panels(len(groups))
+    for ax, (key, g) in zip(axes, groups, strict=False):
+        for j, (line, h) in enumerate(g.groupby(["model", "selection", "strategy"], sort=False)):
+            h = h.sort_values("label_fraction")
+            ax.errorbar(h["label_fraction"], h["test_auc_mean"], yerr=h["test_auc_std"],
+                        marker="o", capsize=2, label=" ".join(map(str, line)), color=f"C{j % 10}")
+        ax.set_xscale("log")
+        ax.set_xlabel("label fraction")
+        ax.set_ylabel("test AUC (mean ± std)")
+        ax.set_title(f"{key[0]} {key[1]}", fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fusion(df: pd.DataFrame, path: Path) -> Path:
+    groups = list(df.groupby(["data", "label_fraction"], sort=False))
+    plt, fig, axes = _panels(len(groups))
+    for ax, (key, g) in zip(axes, groups, strict=False):
+        ax.bar(range(len(g)), g["test_auc_mean"], yerr=g["test_auc_std"], capsize=3,
+               color=[f"C{i}" for i in range(len(g))])
+        ax.set_xticks(range(len(g)), g["model"], rotation=30, ha="right", fontsize=8)
+        low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"])
+        ax.set_ylim(max(0.0, low - 0.03), 1.0)
+        ax.set_ylabel("test AUC (mean ± std)")
+        ax.set_title(f"{key[0]}, labels {key[1]:g}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

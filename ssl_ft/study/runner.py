@@ -1,0 +1,130 @@
+"""Run the cells of a study: finished cells are skipped, unfinished ones resumed, pretraining
+first, several processes at a time when the cores allow, one progress bar with an ETA.
+
+Each cell calls the same library function as its tool (:func:`ssl_ft.pretrain.pretrain`,
+:func:`ssl_ft.finetune.finetune`, :func:`ssl_ft.ensemble.ensemble`) with its run folder under
+``<out>/cells/<id>`` and its log in ``log.txt`` there. A failed cell writes ``error.txt`` and
+the study goes on; a killed study re-started with the same recipe continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from ssl_ft.study.grid import Cell, Study
+
+__all__ = ["is_done", "run_cell", "run_study"]
+
+
+def is_done(cell: Cell, out: str | Path) -> bool:
+    folder = cell.folder(out)
+    return (folder / ("checkpoint.pt" if cell.kind == "pretrain" else "metrics.json")).is_file()
+
+
+def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> str | None:
+    """Run one cell (in this process); returns None, or the error's last line."""
+    folder_path = Path(folder)
+    folder_path.mkdir(parents=True, exist_ok=True)
+    (folder_path / "error.txt").unlink(missing_ok=True)
+    with open(folder_path / "log.txt", "a") as log, contextlib.redirect_stderr(log), \
+            contextlib.redirect_stdout(log):
+        try:
+            _call(kind, config, folder, threads)
+            return None
+        except BaseException as exc:  # noqa: BLE001  (a study outlives a failed cell)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            text = traceback.format_exc()
+            (folder_path / "error.txt").write_text(text)
+            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> None:
+    from ssl_ft.config import from_dict
+
+    if kind == "pretrain":
+        from ssl_ft.pretrain import load_pretrain_recipe, pretrain
+
+        extra = [f"out={folder}"] + ([f"train.threads={threads}"] if threads else [])
+        cfg = load_pretrain_recipe(config["recipe"], [*config["overrides"], *extra])
+        pretrain(cfg, resume=True, progress=False)
+    elif kind == "finetune":
+        from ssl_ft.finetune import FinetuneConfig, finetune
+
+        cfg = from_dict(FinetuneConfig, {**config, "out": folder, "threads": threads})
+        finetune(cfg, resume=True, progress=False)
+    else:
+        from ssl_ft.ensemble import EnsembleConfig, ensemble
+
+        ensemble(from_dict(EnsembleConfig, {**config, "out": folder, "threads": threads}))
+
+
+def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
+              progress: bool | None = None) -> dict[str, str]:
+    """Run every unfinished cell; returns ``{cell id: error}`` for the cells that failed."""
+    workers = workers or study.workers
+    threads = study.threads or max(1, (os.cpu_count() or 1) // workers)
+    todo = [c for c in cells if not is_done(c, study.out)]
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=study.name, unit="run",
+               disable=not show, file=sys.stderr, dynamic_ncols=True)
+    print(f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, "
+          f"{len(todo)} to run with {workers} worker(s) x {threads} thread(s)", file=sys.stderr)
+    failed: dict[str, str] = {}
+    count = [len(cells) - len(todo), len(cells)]
+    pool = None if workers == 1 else ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    try:
+        for phase in ("pretrain", "rest"):
+            batch = [c for c in todo if (c.kind == "pretrain") == (phase == "pretrain")]
+            batch = [c for c in batch if not any(n in failed for n in c.needs)]
+            _run_batch(batch, study, threads, pool, bar, failed, count, show)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+        bar.close()
+    for cid, err in failed.items():
+        print(f"FAILED {cid}: {err}", file=sys.stderr)
+    return failed
+
+
+def _run_batch(batch: list[Cell], study: Study, threads: int, pool: ProcessPoolExecutor | None,
+               bar: tqdm, failed: dict[str, str], count: list[int], show: bool) -> None:
+    def finished(cell: Cell, err: str | None, seconds: float) -> None:
+        if err is not None:
+            failed[cell.id] = err
+        bar.update(1)
+        bar.set_postfix_str(f"last {seconds:.0f}s", refresh=False)
+        count[0] += 1
+        if not show:  # no bar (not a terminal): one line a cell
+            print(f"[{count[0]}/{count[1]}] {'FAILED' if err else 'done'} {cell.id} "
+                  f"({seconds:.0f} s)", file=sys.stderr)
+
+    if pool is None:
+        for cell in batch:
+            t0 = time.perf_counter()
+            err = run_cell(cell.kind, cell.config, str(cell.folder(study.out)), threads)
+            finished(cell, err, time.perf_counter() - t0)
+        return
+    running: dict[Future, tuple[Cell, float]] = {}
+    for cell in batch:
+        fut = pool.submit(run_cell, cell.kind, cell.config, str(cell.folder(study.out)), threads)
+        running[fut] = (cell, time.perf_counter())
+    while running:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for fut in done:
+            cell, t0 = running.pop(fut)
+            try:
+                err = fut.result()
+            except Exception as exc:  # noqa: BLE001  (a worker died)
+                err = f"{type(exc).__name__}: {exc}"
+            finished(cell, err, time.perf_counter() - t0)

@@ -1,0 +1,182 @@
+"""Studies: grid expansion, resume after a kill, aggregation statistics, figures, the CLI."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from ssl_ft.errors import UserError
+from ssl_ft.study import (
+    Study,
+    collect,
+    expand,
+    load_study,
+    paired_tests,
+    run_study,
+    summarize,
+    write_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "study" / "tiny.yaml"
+
+
+def _study(tmp_path, **kw) -> Path:
+    data = {"name": "t", "out": str(tmp_path / "out"),
+            "checkpoints": {"simclr": "runs/simclr_{data}/checkpoint.pt"},
+            "pretrain": {"genesis": {"recipe": "recipes/pretrain/genesis_{data}.yaml",
+                                     "overrides": ["train.epochs=1"]}},
+            "finetune": {"base": {"epochs": 2},
+                         "grid": {"data": ["pneumoniamnist", "breastmnist"],
+                                  "checkpoint": ["simclr", "genesis"],
+                                  "layers,truncate": [["0-25", 100], ["0-75", 75]],
+                                  "seed": [0, 1, 2]},
+                         "extra": [{"checkpoint": "none", "arch": "resnet18",
+                                    "layers,truncate": ["0-100", 100]}]},
+            "ensemble": {"grid": {"data": ["pneumoniamnist"],
+                                  "checkpoints": [["simclr", "genesis"]], "seed": [0, 1]}}}
+    data.update(kw)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_grid_expansion(tmp_path):
+    study = load_study(_study(tmp_path))
+    cells = expand(study)
+    kinds = [c.kind for c in cells]
+    # 2 datasets x 2 checkpoints x 2 selections x 3 seeds, + 2 x 3 from-scratch, + 2 fusions,
+    # + the genesis pretraining of each dataset, which comes first
+    assert kinds.count("finetune") == 24 + 6 and kinds.count("ensemble") == 2
+    assert kinds[:2] == ["pretrain", "pretrain"] and kinds.count("pretrain") == 2
+    ids = [c.id for c in cells]
+    assert len(set(ids)) == len(ids) and ids == [c.id for c in expand(study)]  # stable
+    cell = next(c for c in cells if c.labels.get("checkpoint") == "simclr"
+                and c.labels["data"] == "breastmnist" and c.labels["layers"] == "0-75")
+    assert cell.config["checkpoint"] == "runs/simclr_breastmnist/checkpoint.pt"
+    assert cell.config["truncate"] == 75 and cell.config["epochs"] == 2
+    gen = next(c for c in cells if c.labels.get("checkpoint") == "genesis")
+    assert gen.needs and gen.config["checkpoint"].endswith(f"{gen.needs[0]}/checkpoint.pt")
+    scratch = [c for c in cells if c.labels.get("checkpoint") == "none"]
+    assert {c.labels["layers"] for c in scratch} == {"0-100"} and len(scratch) == 6
+    pre = cells[0]
+    assert pre.config["overrides"][:2] == [f"data.name={pre.labels['data']}", "train.epochs=1"]
+    fusion = [c for c in cells if c.kind == "ensemble"][0]
+    assert fusion.config["checkpoints"][0] == "runs/simclr_pneumoniamnist/checkpoint.pt"
+
+
+@pytest.mark.parametrize(("change", "needle"), [
+    ({"finetune": {"grid": {"layers,truncate": [["0-25"]]}}}, "does not have 2 values"),
+    ({"finetune": {"grid": {"seed": []}}}, "non-empty list"),
+    ({"finetune": {"grid": {"strategy": ["nope"]}}}, "'nope'"),
+    ({"finetune": {"grid": {"layers": ["abc"]}}}, "abc"),
+    ({"workers": 0}, "workers"),
+    ({"colour": 1}, "colour"),
+])
+def test_bad_study_recipes_name_the_problem(tmp_path, change, needle):
+    with pytest.raises(UserError, match=needle):
+        expand(load_study(_study(tmp_path, **change)))
+
+
+def _tiny(tmp_path, *extra):
+    return load_study(TINY, [f"out={tmp_path / 'tiny'}", "threads=1",
+                             "finetune.grid.label_fraction=[1.0]", "finetune.grid.seed=[0]",
+                             "ensemble.grid.seed=[0]", *extra])
+
+
+def test_a_killed_study_resumes_where_it_stopped(data_root, tmp_path, monkeypatch):
+    import ssl_ft.study.runner as runner
+
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    study = _tiny(tmp_path)
+    cells = expand(study)
+    assert len(cells) == 5
+    real, calls = runner.run_cell, []
+
+    def dies_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_cell", dies_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, cells, progress=False)
+    monkeypatch.setattr(runner, "run_cell", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    assert run_study(study, cells, progress=False) == {}
+    assert len(calls) == 5 and len(set(calls)) == 5  # the two finished cells were not re-run
+    df = collect(cells, study.out)
+    assert len(df) == 4 + 4  # 4 fine-tuning runs; the fusion, the 2 models alone, late fusion
+    files = write_report(df, study.out, study.name)
+    names = {f.name for f in files}
+    assert {"results.csv", "results.md", "heatmap.png", "strategies.png", "fusion.png"} <= names
+    assert "label_fractions.png" not in names  # one label fraction: nothing to draw
+    for f in files:
+        if f.suffix == ".png":
+            assert f.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_runs_lists_and_reports(data_root, tmp_path, tool, capsys, monkeypatch):
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    mod = tool("study")
+    argv = [str(TINY), f"out={tmp_path / 's'}", "threads=1", "finetune.grid.seed=[0]",
+            "finetune.grid.label_fraction=[1.0]", "finetune.grid.strategy=[ft]",
+            "ensemble.grid.seed=[0]"]
+    assert mod.run(mod.main, [*argv, "--list"]) == 0
+    assert capsys.readouterr().out.count("todo ") == 3
+    assert mod.run(mod.main, argv) == 0
+    capsys.readouterr()
+    assert mod.run(mod.main, [*argv, "--list"]) == 0
+    assert capsys.readouterr().out.count("done ") == 3
+    text = (tmp_path / "s" / "results.md").read_text()
+    assert "## Fine-tuning" in text and "## Fusion" in text and "heatmap.png" in text
+
+
+def _df(values: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for strategy, aucs in values.items():
+        for seed, auc in enumerate(aucs):
+            rows.append({"kind": "finetune", "data": "d", "arch": "resnet18",
+                         "label_fraction": 1.0, "model": "simclr", "selection": "0-100",
+                         "strategy": strategy, "seed": seed, "test_auc": auc, "test_acc": 0.8,
+                         "val_auc": 0.9, "val_acc": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_statistics_on_known_inputs():
+    df = _df({"ft": [0.90, 0.92, 0.94], "lp-ft": [0.93, 0.94, 0.98]})
+    s = summarize(df).set_index("strategy")
+    assert s.loc["ft", "test_auc_mean"] == pytest.approx(0.92)
+    assert s.loc["ft", "test_auc_std"] == pytest.approx(0.02)
+    # 95 % CI half-width: t(0.975, 2) * sd / sqrt(3) = 4.303 * 0.02 / 1.732
+    assert s.loc["ft", "test_auc_ci95"] == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
+    assert s.loc["ft", "n"] == 3
+    t = paired_tests(df).iloc[0]
+    assert t["strategy"] == "lp-ft" and t["test_auc_diff"] == pytest.approx(0.03)
+    want = stats.ttest_rel([0.93, 0.94, 0.98], [0.90, 0.92, 0.94]).pvalue
+    assert t["p"] == pytest.approx(want)
+    assert np.isclose(want, 0.0351, atol=1e-3)  # t = 0.03 / (0.01 / sqrt 3) = 5.20, 2 df
+
+
+def test_report_marks_the_best_and_draws(tmp_path):
+    df = _df({"ft": [0.90, 0.92, 0.94], "lp-ft": [0.93, 0.94, 0.98], "lp": [0.8, 0.81, 0.79]})
+    files = write_report(df, tmp_path, "known")
+    text = (tmp_path / "results.md").read_text()
+    assert "**0.950 ± 0.026" in text  # lp-ft, the best in its row
+    assert "| 0-100 | lp | -0.1200 | 3 |" in text  # lp - ft over the 3 paired seeds
+    assert (tmp_path / "strategies.png") in files
+
+
+def test_empty_study_report(tmp_path):
+    files = write_report(pd.DataFrame(), tmp_path, "nothing yet")
+    assert "No finished runs yet" in files[1].read_text()
+
+
+def test_study_defaults():
+    assert Study().workers == 1

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Run a study (a grid of fine-tuning and fusion runs) and write its report.
+
+    python tools/study.py recipes/study/tiny.yaml
+    python tools/study.py recipes/study/khan_fang.yaml --list          # the cells, nothing run
+    python tools/study.py recipes/study/khan_fang.yaml workers=2 --report-only
+
+Cells already finished are skipped and unfinished ones resumed, so a killed study continues
+when the same command runs again. The report goes to OUT/results.md (with results.csv,
+summary.csv and PNG figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ssl_ft.cli import run
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe", help="study recipe (see recipes/study/)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override recipe keys, e.g. workers=2 out=/tmp/study")
+    parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--report-only", action="store_true",
+                        help="aggregate the finished cells without running any")
+    args = parser.parse_intermixed_args(argv)
+
+    from ssl_ft.study import collect, expand, is_done, load_study, run_study, write_report
+
+    study = load_study(args.recipe, args.overrides)
+    cells = expand(study)
+    if args.list:
+        for cell in cells:
+            state = "done" if is_done(cell, study.out) else "todo"
+            print(f"{state}  {cell.id}")
+        print(f"{len(cells)} cells")
+        return
+    failed = {} if args.report_only else run_study(study, cells)
+    files = write_report(collect(cells, study.out), study.out, study.name)
+    print(f"wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
