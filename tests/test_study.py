@@ -180,3 +180,14 @@ def test_empty_study_report(tmp_path):
 
 def test_study_defaults():
     assert Study().workers == 1
+
+
+@pytest.mark.parametrize("name", ["tiny", "khan_fang"])
+def test_shipped_study_recipes_expand(name):
+    cells = expand(load_study(REPO / "recipes" / "study" / f"{name}.yaml"))
+    assert cells and len({c.id for c in cells}) == len(cells)
+    if name == "khan_fang":
+        kinds = [c.kind for c in cells]
+        assert kinds.count("finetune") == 3 * 6 * 3 * 3 + 3 * 3 and kinds.count("ensemble") == 18
+        low = [c for c in cells if c.kind == "finetune" and c.config.get("label_fraction") == 0.01]
+        assert low and all(c.config["epochs"] == 100 for c in low)
