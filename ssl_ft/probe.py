@@ -86,7 +86,8 @@ def linear_probe(
     x = {k: scaler.transform(v) for k, v in feats.items()}
     clf, c, val = fit_probe(x["train"], splits.labels["train"], x["val"], splits.labels["val"],
                             task=info.task, num_classes=info.num_classes, c_grid=c_grid)
-    test = classification_metrics(splits.labels["test"], padded_proba(clf, x["test"], info.num_classes),
+    test_probs = padded_proba(clf, x["test"], info.num_classes)
+    test = classification_metrics(splits.labels["test"], test_probs,
                                   info.task, list(info.label_names))
     return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
                        c, {"auc": val["auc"], "acc": val["acc"]}, test, seed)

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key in LISTS.values():
         values = getattr(args, key)
         if values:
-            overrides.append(f"{key}={yaml.safe_dump(list(values), default_flow_style=True).strip()}")
+            listed = yaml.safe_dump(list(values), default_flow_style=True).strip()
+            overrides.append(f"{key}={listed}")
     for flag in FLAGS:
         key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:

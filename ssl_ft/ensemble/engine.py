@@ -143,8 +143,8 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             with autocast(device, precision):
-                loss = nn.functional.cross_entropy(
-                    net(x_all[idx].to(device).float() / info.max_value).float(), y_all[idx].to(device))
+                x = x_all[idx].to(device).float() / info.max_value
+                loss = nn.functional.cross_entropy(net(x).float(), y_all[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -247,8 +247,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
                 model, device_ids=[device.index] if device.type == "cuda" else None)
             ddp_units = trained
         train_mode(model, trained, cfg.freeze_bn)
-        measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank, info.max_value,
-                            device, precision)
+        measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank,
+                                info.max_value, device, precision)
         stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show,
@@ -257,7 +257,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             lr = lr_at(epoch + (step % steps) / steps, phases, cfg.lr, cfg.warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            x = augment_batch(xb.to(device, non_blocking=True).float() / info.max_value, cfg.augment)
+            x = xb.to(device, non_blocking=True).float() / info.max_value
+            x = augment_batch(x, cfg.augment)
             with autocast(device, precision):
                 loss = loss_fn(net(x).float(), yb.to(device))
             extra = strategy.penalty()

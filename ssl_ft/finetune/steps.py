@@ -64,7 +64,8 @@ def lr_at(epoch_float: float, phases: list[tuple[int, int]], base: float, warmup
 
 
 def make_measurer(net: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
-                  loss_fn: nn.Module, seed: int, epoch: int, batch: int, max_value: int, device: torch.device,
+                  loss_fn: nn.Module, seed: int, epoch: int, batch: int, max_value: int,
+                  device: torch.device,
                   precision: str) -> Callable[[], None]:
     """``measure()`` for strategies: forward/backward on the next of a seeded series of
     mini-batches of this epoch (gradients accumulate in ``.grad``; no step)."""

@@ -98,7 +98,8 @@ def paired_tests(df: pd.DataFrame, metric: str = "test_auc", reference: str = "f
             if not seeds:
                 continue
             a, b = other.loc[seeds].to_numpy(float), ref.loc[seeds].to_numpy(float)
-            p = float(stats.ttest_rel(a, b).pvalue) if len(seeds) > 1 and np.any(a != b) else float("nan")
+            testable = len(seeds) > 1 and np.any(a != b)
+            p = float(stats.ttest_rel(a, b).pvalue) if testable else float("nan")
             rows.append({**dict(zip(keys, key, strict=True)), "strategy": strategy,
                          f"{metric}_diff": float((a - b).mean()), "n": len(seeds), "p": p})
     return pd.DataFrame(rows)

@@ -82,7 +82,8 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
           f"{len(todo)} to run with {workers} worker(s) x {threads} thread(s)", file=sys.stderr)
     failed: dict[str, str] = {}
     count = [len(cells) - len(todo), len(cells)]
-    pool = None if workers == 1 else ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+    pool = (None if workers == 1
+            else ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")))
     try:
         for phase in ("pretrain", "rest"):
             batch = [c for c in todo if (c.kind == "pretrain") == (phase == "pretrain")]
