@@ -40,3 +40,14 @@ def test_missing_folder_and_key_exit_2(tmp_path, tool, capsys):
     _write(tmp_path / "a", "0-25", 0, 0.9, 0.8)
     assert summarize.run(summarize.main, [str(tmp_path), "--by", "colour"]) == 2
     assert "'colour'" in capsys.readouterr().err
+
+
+def test_globbed_logs_are_skipped_and_broken_json_named(tmp_path, tool, capsys):
+    summarize = tool("summarize")
+    _write(tmp_path / "a", "0-25", 0, 0.9, 0.8)
+    (tmp_path / "a.log").write_text("epoch 1 ...")
+    assert summarize.run(summarize.main, [str(tmp_path / "a"), str(tmp_path / "a.log")]) == 0
+    assert "skipping" in capsys.readouterr().err
+    (tmp_path / "a" / "metrics.json").write_text("{")
+    assert summarize.run(summarize.main, [str(tmp_path / "a")]) == 2
+    assert "not valid JSON" in capsys.readouterr().err

@@ -31,15 +31,20 @@ def load_runs(paths: Sequence[str]) -> list[dict]:
     """Every metrics.json in or under ``paths``, with the derived key ``model``."""
     files: list[Path] = []
     for p in map(Path, paths):
-        if p.is_file():
+        if p.is_file() and p.suffix == ".json":
             files.append(p)
+        elif p.is_file():  # e.g. a run's .log caught by a shell glob
+            print(f"skipping {p} (not a .json file)", file=sys.stderr)
         elif p.is_dir():
             files.extend(sorted(p.rglob("metrics.json")))
         else:
             raise UserError(f"{p} does not exist")
     runs = []
     for f in files:
-        m = json.loads(f.read_text())
+        try:
+            m = json.loads(f.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{f} is not valid JSON") from None
         src = m.get("source", {})
         m["model"] = src.get("method") or src.get("kind", "?")
         m["run"] = str(f.parent)
