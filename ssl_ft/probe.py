@@ -93,7 +93,6 @@ def linear_probe(
                        c, {"auc": val["auc"], "acc": val["acc"]}, test, seed)
 
 
-
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
               task: str, num_classes: int,
               c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0)) -> tuple[Any, float, dict]:
