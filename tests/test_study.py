@@ -182,7 +182,7 @@ def test_study_defaults():
     assert Study().workers == 1
 
 
-@pytest.mark.parametrize("name", ["tiny", "khan_fang"])
+@pytest.mark.parametrize("name", ["tiny", "khan_fang", "davila"])
 def test_shipped_study_recipes_expand(name):
     cells = expand(load_study(REPO / "recipes" / "study" / f"{name}.yaml"))
     assert cells and len({c.id for c in cells}) == len(cells)
@@ -191,3 +191,10 @@ def test_shipped_study_recipes_expand(name):
         assert kinds.count("finetune") == 3 * 6 * 3 * 3 + 3 * 3 and kinds.count("ensemble") == 18
         low = [c for c in cells if c.kind == "finetune" and c.config.get("label_fraction") == 0.01]
         assert low and all(c.config["epochs"] == 100 for c in low)
+    if name == "davila":  # 3 archs pretrained once on PneumoniaMNIST, then 9 x 3 x 3 x 3 cells
+        pre = [c for c in cells if c.kind == "pretrain"]
+        assert [c.labels["data"] for c in pre] == ["pneumoniamnist"] * 3
+        assert sum(c.kind == "finetune" for c in cells) == 243
+        mri = [c for c in cells if c.config.get("data") == "brain_tumor_mri_sartaj_64"]
+        assert all(c.needs[0].endswith("_pneumoniamnist") and c.config["limit"] == 600
+                   for c in mri)

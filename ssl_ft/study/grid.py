@@ -8,8 +8,10 @@ al.'s strategies x architectures x datasets). The recipe::
     workers: 1                      # cells run in parallel processes
     checkpoints:                    # names usable in the grids; {data} is filled per cell
       simclr: runs/pretrain/simclr_{data}/checkpoint.pt
-    pretrain:                       # or pretrained by the study itself (before the other cells)
+    pretrain:                       # or pretrained by the study itself (before the other cells),
       genesis: {recipe: recipes/pretrain/genesis_{data}.yaml, overrides: [train.epochs=40]}
+      simclr_r50: {recipe: recipes/pretrain/simclr_pneumoniamnist.yaml, data: pneumoniamnist,
+                   overrides: [model.arch=resnet50]}   # one source dataset for every cell
     finetune:
       base: {epochs: 8}             # FinetuneConfig keys shared by every cell
       grid:                         # the product over these lists
@@ -147,6 +149,7 @@ def _resolve(study: Study, name: Any, data: str) -> tuple[str, list[Cell]]:
     name = str(name)
     if name in study.pretrain:
         spec = study.pretrain[name]
+        data = str(spec.get("data", data))  # a fixed pretraining dataset, or the cell's own
         cid = f"pretrain/{_slug(name)}_{_slug(data)}"
         if "recipe" not in spec:
             raise UserError(f"pretrain.{name} needs a recipe (e.g. recipes/pretrain/"
