@@ -12,7 +12,8 @@ def _write(folder, layers, seed, auc, acc):
     folder.mkdir(parents=True)
     (folder / "metrics.json").write_text(json.dumps({
         "layers": layers, "truncate": 100.0, "strategy": "ft", "seed": seed,
-        "source": {"kind": "ssl_ft", "method": "simclr"},
+        "label_fraction": 1.0, "data": "pneumoniamnist", "trainable_params": 10,
+        "source": {"kind": "ssl_ft", "method": "simclr", "arch": "resnet18"},
         "test": {"auc": auc, "acc": acc}, "val": {"auc": 0.5, "acc": 0.5}}))
 
 
@@ -51,3 +52,25 @@ def test_globbed_logs_are_skipped_and_broken_json_named(tmp_path, tool, capsys):
     (tmp_path / "a" / "metrics.json").write_text("{")
     assert summarize.run(summarize.main, [str(tmp_path / "a")]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_paired_differences_and_fusion_variants(tmp_path, tool, capsys):
+    for seed, (a, b) in enumerate([(0.90, 0.93), (0.92, 0.94), (0.94, 0.98)]):
+        _write(tmp_path / f"ref{seed}", "0-100", seed, a, 0.8)
+        _write(tmp_path / f"q{seed}", "25-50", seed, b, 0.8)
+    summarize = tool("summarize")
+    assert summarize.run(summarize.main, [str(tmp_path), "--by", "layers",
+                                          "--paired", "layers=0-100"]) == 0
+    out = capsys.readouterr().out
+    assert "| 25-50 | +0.0300, +0.0200, +0.0400 | +0.0300 | 3 | 0.035 |" in out
+    fusion = tmp_path / "f" / "metrics.json"
+    fusion.parent.mkdir()
+    res = {"test": {"auc": 0.9, "acc": 0.8}, "val": {"auc": 0.9, "acc": 0.8}}
+    fusion.write_text(json.dumps({
+        "data": "d", "label_fraction": 1.0, "seed": 0, "strategy": "lp", "trainable_params": 5,
+        "models": [{"name": "a", "depth": 50.0, "arch": "resnet18"},
+                   {"name": "b", "depth": 75.0, "arch": "resnet18"}],
+        **res, "baselines": {"a": res, "b": res, "late_fusion": res}}))
+    assert summarize.run(summarize.main, [str(fusion), "--by", "model"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"| {m} | 1 |" in out for m in ("fusion(a+b)", "a alone", "b alone", "late fusion"))

@@ -15,7 +15,8 @@ import pandas as pd
 
 from ssl_ft.study.grid import Cell
 
-__all__ = ["collect", "paired_tests", "summarize", "write_report"]
+__all__ = ["collect", "metrics_rows", "paired_differences", "paired_tests", "summarize",
+           "write_report"]
 
 METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
 
@@ -23,6 +24,34 @@ METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
 def _selection(layers: Any, truncate: Any) -> str:
     t = float(truncate)
     return f"{layers}" + (f" t{t:g}" if t < 100 else "")
+
+
+def metrics_rows(m: dict[str, Any], model: str | None = None) -> list[dict[str, Any]]:
+    """The rows of one ``metrics.json``: one for a fine-tuning run (``model``: the given name,
+    else the checkpoint's method or kind), one per variant for a fusion run (the fusion, each
+    model alone, late fusion). Also used by ``tools/summarize.py``."""
+    base = {"data": m.get("data"), "label_fraction": m["label_fraction"], "seed": m["seed"],
+            "strategy": m["strategy"]}
+    if "baselines" not in m:
+        src = m["source"]
+        speed = max((h.get("images_per_s", 0.0) for h in m.get("history", [])), default=None)
+        return [{**base, "kind": "finetune", "model": str(model or src.get("method")
+                                                           or src["kind"]),
+                 "arch": src["arch"], "layers": m["layers"], "truncate": m["truncate"],
+                 "selection": _selection(m["layers"], m["truncate"]),
+                 "trainable_params": m["trainable_params"], "peak_images_per_s": speed,
+                 **_scores(m)}]
+    names = [x["name"] for x in m["models"]]
+    depths = "+".join(f"{x['depth']:g}" for x in m["models"])
+    common = {**base, "kind": "ensemble", "arch": "+".join(sorted({x["arch"]
+                                                                   for x in m["models"]})),
+              "selection": f"depths {depths}"}
+    rows = [{**common, "model": "fusion(" + "+".join(names) + ")",
+             "trainable_params": m["trainable_params"], **_scores(m)}]
+    for variant, res in m["baselines"].items():
+        label = "late fusion" if variant == "late_fusion" else f"{variant} alone"
+        rows.append({**common, "model": label, "trainable_params": None, **_scores(res)})
+    return rows
 
 
 def collect(cells: list[Cell], out: str | Path) -> pd.DataFrame:
@@ -34,26 +63,9 @@ def collect(cells: list[Cell], out: str | Path) -> pd.DataFrame:
         if cell.kind == "pretrain" or not path.is_file():
             continue
         m = json.loads(path.read_text())
-        base = {"kind": cell.kind, "cell": cell.id, "data": m.get("data"),
-                "label_fraction": m["label_fraction"], "seed": m["seed"],
-                "strategy": m["strategy"]}
-        if cell.kind == "finetune":
-            src = m["source"]
-            name = cell.labels.get("checkpoint", src.get("method") or src["kind"])
-            rows.append({**base, "model": str(name), "arch": src["arch"],
-                         "selection": _selection(m["layers"], m["truncate"]),
-                         "trainable_params": m["trainable_params"], **_scores(m)})
-            continue
-        names = [x["name"] for x in m["models"]]
-        depths = "+".join(f"{x['depth']:g}" for x in m["models"])
-        arch = "+".join(sorted({x["arch"] for x in m["models"]}))
-        rows.append({**base, "model": "fusion(" + "+".join(names) + ")", "arch": arch,
-                     "selection": f"depths {depths}", "trainable_params": m["trainable_params"],
-                     **_scores(m)})
-        for variant, res in m["baselines"].items():
-            label = "late fusion" if variant == "late_fusion" else f"{variant} alone"
-            rows.append({**base, "model": label, "arch": arch, "selection": f"depths {depths}",
-                         "trainable_params": None, **_scores(res)})
+        name = cell.labels.get("checkpoint")
+        rows += [{"cell": cell.id, **r} for r in metrics_rows(m, None if name is None
+                                                              else str(name))]
     return pd.DataFrame(rows)
 
 
@@ -64,13 +76,13 @@ def _scores(m: dict) -> dict[str, float]:
 GROUP = ["kind", "data", "arch", "label_fraction", "model", "selection", "strategy"]
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std, 95 % CI half-width (t distribution) and n over seeds, per cell."""
+def summarize(df: pd.DataFrame, by: list[str] = GROUP) -> pd.DataFrame:
+    """Mean, std, 95 % CI half-width (t distribution) and n over seeds, per group of ``by``."""
     from scipy import stats
 
     rows = []
-    for key, g in df.groupby(GROUP, sort=False, dropna=False):
-        row = dict(zip(GROUP, key, strict=True))
+    for key, g in df.groupby(list(by), sort=False, dropna=False):
+        row = dict(zip(by, key, strict=True))
         row["n"] = len(g)
         for metric in METRICS:
             v = g[metric].to_numpy(float)
@@ -82,27 +94,54 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def paired_tests(df: pd.DataFrame, metric: str = "test_auc", reference: str = "ft") -> pd.DataFrame:
-    """Each strategy against ``reference`` on the same data/arch/labels/model/selection, paired
-    by seed: mean difference and the two-sided paired t-test p-value."""
+def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any],
+                       metric: str = "test_auc") -> pd.DataFrame:
+    """Each group of ``by`` against the group that has the ``reference`` values and equals it
+    on the other keys, paired by seed: the per-seed differences (group - reference), their
+    mean and the two-sided paired t-test p-value."""
     from scipy import stats
 
-    ft = df[df["kind"] == "finetune"]
-    keys = ["data", "arch", "label_fraction", "model", "selection"]
+    rest = [k for k in by if k not in reference]
+    is_ref = pd.Series(np.logical_and.reduce([_equals(df[k], v) for k, v in reference.items()]),
+                       index=df.index)
     rows = []
-    for key, g in ft.groupby(keys, sort=False):
-        ref = g[g["strategy"] == reference].set_index("seed")[metric]
-        for strategy, h in g[g["strategy"] != reference].groupby("strategy", sort=False):
+    for key, g in (df.groupby(rest, sort=False) if rest else [((), df)]):
+        key = key if isinstance(key, tuple) else (key,)
+        mask = is_ref.loc[g.index]
+        ref = g[mask].set_index("seed")[metric]
+        for other_key, h in g[~mask].groupby(list(reference), sort=False):
             other = h.set_index("seed")[metric]
             seeds = sorted(set(ref.index) & set(other.index))
             if not seeds:
                 continue
             a, b = other.loc[seeds].to_numpy(float), ref.loc[seeds].to_numpy(float)
-            testable = len(seeds) > 1 and np.any(a != b)
-            p = float(stats.ttest_rel(a, b).pvalue) if testable else float("nan")
-            rows.append({**dict(zip(keys, key, strict=True)), "strategy": strategy,
-                         f"{metric}_diff": float((a - b).mean()), "n": len(seeds), "p": p})
+            # constant differences (e.g. seeds that coincide) leave the t statistic undefined
+            testable = len(seeds) > 1 and np.ptp(a - b) > 0
+            other_key = other_key if isinstance(other_key, tuple) else (other_key,)
+            rows.append({**dict(zip(rest, key, strict=True)),
+                         **dict(zip(reference, other_key, strict=True)),
+                         f"{metric}_diff": float((a - b).mean()), "n": len(seeds),
+                         "p": float(stats.ttest_rel(a, b).pvalue) if testable else float("nan"),
+                         "per_seed": [round(float(d), 4) for d in a - b]})
     return pd.DataFrame(rows)
+
+
+def _equals(column: pd.Series, value: Any) -> pd.Series:
+    """``column == value`` as text, or as numbers when both read as numbers (100 == "100.0")."""
+    same = column.astype(str) == str(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return same
+    return same | (pd.to_numeric(column, errors="coerce") == number)
+
+
+def paired_tests(df: pd.DataFrame, metric: str = "test_auc", reference: str = "ft") -> pd.DataFrame:
+    """Each strategy against ``reference`` on the same data/arch/labels/model/selection, paired
+    by seed: mean difference and the two-sided paired t-test p-value."""
+    ft = df[df["kind"] == "finetune"]
+    keys = ["data", "arch", "label_fraction", "model", "selection", "strategy"]
+    return paired_differences(ft, keys, {"strategy": reference}, metric)
 
 
 def _fmt(mean: float, std: float, ci: float) -> str:
