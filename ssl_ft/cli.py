@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from ssl_ft.errors import UserError
 
-__all__ = ["run"]
+__all__ = ["add_recipe_flags", "recipe_and_overrides", "run"]
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
@@ -25,3 +26,38 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def add_recipe_flags(parser: argparse.ArgumentParser, flags: Mapping[str, dict]) -> None:
+    """Add ``--some-key`` flags that stand for the recipe key ``some_key`` (default None: only
+    given flags override the recipe), plus the positional ``RECIPE.yaml | key=value`` items."""
+    parser.add_argument("items", nargs="*", metavar="RECIPE.yaml | key=value",
+                        help="an optional YAML recipe, then recipe overrides")
+    for flag, kw in flags.items():
+        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, **kw)
+
+
+def recipe_and_overrides(args: argparse.Namespace,
+                         flags: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The recipe path and the ``key=value`` overrides: the positional ones first, then one per
+    given flag (so flags win over both the recipe and positional overrides). ``flags`` are
+    ``--some-key`` flags or plain ``some_key`` destinations."""
+    recipe, overrides = None, []
+    for item in args.items:
+        if "=" in item:
+            overrides.append(item)
+        elif recipe is None:
+            recipe = item
+        else:
+            raise UserError(f"unexpected argument {item!r}: give one recipe, then key=value")
+    for flag in flags:
+        key = flag.lstrip("-").replace("-", "_")
+        value = getattr(args, key)
+        if value is None:
+            continue
+        if isinstance(value, list):  # a repeated flag: a YAML list
+            import yaml
+
+            value = yaml.safe_dump(value, default_flow_style=True).strip()
+        overrides.append(f"{key}={value}")
+    return recipe, overrides

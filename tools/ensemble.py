@@ -19,9 +19,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import add_recipe_flags, recipe_and_overrides, run
 
-LISTS = {"--checkpoint": "checkpoints", "--depth": "depths", "--layers": "layers"}
+LISTS = ("checkpoints", "depths", "layers")  # recipe keys of the repeatable flags below
 FLAGS: dict[str, dict] = {
     "--strategy": dict(choices=["lp", "ft", "lp-ft"], help="lp (frozen, default), ft, lp-ft"),
     "--arch": dict(help="architecture for none/imagenet/plain state dicts"),
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="ensemble.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other recipe keys as key=value (e.g. threads=1). See docs/fusion.md.")
-    parser.add_argument("items", nargs="*", metavar="RECIPE.yaml | key=value")
+    add_recipe_flags(parser, FLAGS)
     parser.add_argument("--checkpoint", action="append", dest="checkpoints", metavar="CKPT",
                         help="a model to fuse (repeat; ssl_ft checkpoint, state dict, imagenet, "
                              "none)")
@@ -53,32 +53,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="truncation depth %% per model (repeat, or once for all)")
     parser.add_argument("--layers", action="append", dest="layers", metavar="A-B",
                         help="layer range to fine-tune per model (ft / lp-ft)")
-    for flag, kw in FLAGS.items():
-        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, **kw)
     args = parser.parse_intermixed_args(argv)
 
-    import yaml
-
     from ssl_ft.ensemble import ensemble, load_ensemble_recipe
-    from ssl_ft.errors import UserError
 
-    recipe, overrides = None, []
-    for item in args.items:
-        if "=" in item:
-            overrides.append(item)
-        elif recipe is None:
-            recipe = item
-        else:
-            raise UserError(f"unexpected argument {item!r}: give one recipe, then key=value")
-    for key in LISTS.values():
-        values = getattr(args, key)
-        if values:
-            listed = yaml.safe_dump(list(values), default_flow_style=True).strip()
-            overrides.append(f"{key}={listed}")
-    for flag in FLAGS:
-        key = flag[2:].replace("-", "_")
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
+    recipe, overrides = recipe_and_overrides(args, [*LISTS, *FLAGS])
     ensemble(load_ensemble_recipe(recipe, overrides))
 
 

@@ -17,7 +17,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import add_recipe_flags, recipe_and_overrides, run
 
 # flag -> recipe key; every flag is also a recipe key (dashes become underscores)
 FLAGS: dict[str, dict] = {
@@ -54,32 +54,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other recipe keys as key=value, e.g. strategy_args.lp_epochs=3 optimizer=sgd "
                "freeze_bn=false augment=flip. See docs/finetuning.md.")
-    parser.add_argument("items", nargs="*", metavar="RECIPE.yaml | key=value",
-                        help="an optional YAML recipe, then recipe overrides")
-    for flag, kw in FLAGS.items():
-        parser.add_argument(flag, dest=flag[2:].replace("-", "_"), default=None, **kw)
+    add_recipe_flags(parser, FLAGS)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last.pt")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the depth-map table and the trainable parameters; no training")
     args = parser.parse_intermixed_args(argv)
 
-    from ssl_ft.errors import UserError
     from ssl_ft.finetune import finetune, load_finetune_recipe, prepare
 
-    recipe, overrides = None, []
-    for item in args.items:
-        if "=" in item:
-            overrides.append(item)
-        elif recipe is None:
-            recipe = item
-        else:
-            raise UserError(f"unexpected argument {item!r}: give one recipe, then key=value")
-    for flag in FLAGS:
-        key = flag[2:].replace("-", "_")
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    recipe, overrides = recipe_and_overrides(args, FLAGS)
     cfg = load_finetune_recipe(recipe, overrides)
     if args.dry_run:
         print(prepare(cfg).describe())
