@@ -12,6 +12,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +23,9 @@ __all__ = [
     "Dist",
     "autocast",
     "cleanup_distributed",
+    "distributed",
     "init_distributed",
+    "make_run_folder",
     "resolve_device",
     "resolve_precision",
     "seed_everything",
@@ -57,6 +60,30 @@ def init_distributed(device: torch.device) -> Dist:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return dist
+
+
+@contextlib.contextmanager
+def distributed(device_name: str) -> Iterator[tuple[Dist, torch.device]]:
+    """``(dist, device)`` for a run: the device asked for (this process's GPU under torchrun)
+    and the process group torchrun set up, destroyed again when the run ends."""
+    device = resolve_device(device_name)
+    dist = init_distributed(device)
+    if dist.enabled and device.type == "cuda":
+        device = resolve_device(f"cuda:{dist.local_rank}")
+    try:
+        yield dist, device
+    finally:
+        cleanup_distributed()
+
+
+def make_run_folder(out: str | os.PathLike) -> Path:
+    """Create a run folder (and its parents); a :class:`UserError` says why it cannot be."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
+    return out
 
 
 def cleanup_distributed() -> None:

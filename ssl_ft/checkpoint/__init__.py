@@ -17,6 +17,7 @@ Example:
     >>> model.load_state_dict(matched, strict=False)
 """
 
+from ssl_ft.checkpoint._files import write_json
 from ssl_ft.checkpoint.core import (
     FORMAT,
     FORMAT_VERSION,
@@ -42,4 +43,5 @@ __all__ = [
     "match_state_dict",
     "read_state_dict",
     "save_checkpoint",
+    "write_json",
 ]

@@ -57,6 +57,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     return target
 
 
+def write_json(path: str | os.PathLike[str], obj: object) -> Path:
+    """Write ``obj`` as indented JSON through :func:`atomic_write` (a reader never sees half a
+    ``metrics.json``)."""
+    text = json.dumps(obj, indent=2) + "\n"
+    return atomic_write(path, lambda file: file.write(text.encode()))
+
+
 def _fsync_dir(directory: Path) -> None:
     """Make the rename durable; a no-op where directories cannot be opened (Windows)."""
     try:

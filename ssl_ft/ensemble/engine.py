@@ -18,7 +18,6 @@ and late fusion (the average of the single models' probabilities).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_ft.checkpoint import write_json
 from ssl_ft.config import load_recipe, to_dict
 from ssl_ft.ensemble.config import EnsembleConfig
 from ssl_ft.ensemble.members import (
@@ -38,14 +38,15 @@ from ssl_ft.ensemble.members import (
     member_features,
 )
 from ssl_ft.errors import UserError
-from ssl_ft.finetune.model import FinetuneModel
-from ssl_ft.finetune.steps import train_mode
+from ssl_ft.finetune.model import FinetuneModel, predict_proba
+from ssl_ft.finetune.steps import lr_at, train_mode
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
 from ssl_ft.probe import fit_probe
 from ssl_ft.runtime import (
     Dist,
     autocast,
+    make_run_folder,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -132,7 +133,7 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
     y_all = torch.from_numpy(splits.labels["train"])
     batch = min(cfg.batch_size, len(x_all))
     steps = max(1, len(x_all) // batch)
-    total, step = cfg.epochs * steps, 0
+    step = 0
     best, best_state = -1.0, None
     for epoch in range(cfg.epochs):
         seed_everything(cfg.seed * 100_003 + epoch)
@@ -141,7 +142,7 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
         for k in range(steps):
             idx = order[k * batch:(k + 1) * batch]
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+                g["lr"] = lr_at(step / steps, [(0, cfg.epochs)], cfg.lr, warmup=0)
             with autocast(device, precision):
                 x = x_all[idx].to(device).float() / info.max_value
                 loss = nn.functional.cross_entropy(net(x).float(), y_all[idx].to(device))
@@ -160,16 +161,11 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
     return {s: _predict(net, splits, s, device, precision) for s in ("val", "test")}
 
 
-@torch.no_grad()
 def _predict(net: nn.Module, splits, split: str, device: torch.device,
              precision: str) -> np.ndarray:
-    net.eval()
-    images, out = splits.images[split], []
-    for i in range(0, len(images), 256):
-        x = torch.from_numpy(images[i:i + 256].astype(np.float32)).to(device)
-        with autocast(device, precision):
-            out.append(torch.softmax(net(x / splits.info.max_value).float(), 1).cpu())
-    return torch.cat(out).numpy()
+    with autocast(device, precision):
+        return predict_proba(net, splits.images[split], max_value=splits.info.max_value,
+                             device=device)
 
 
 def ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
@@ -223,14 +219,8 @@ def ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
         "n_train": len(labels["train"]), "models": [m.describe() for m in members],
         "baselines": baselines, "recipe": to_dict(cfg),
     }
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
+    out = make_run_folder(cfg.out)
+    write_json(out / "metrics.json", metrics)
     _report(metrics)
     return out, metrics
 

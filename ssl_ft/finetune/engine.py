@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
+from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.errors import UserError
@@ -50,9 +50,8 @@ from ssl_ft.models.depth import DepthMap, Selection
 from ssl_ft.runtime import (
     Dist,
     autocast,
-    cleanup_distributed,
-    init_distributed,
-    resolve_device,
+    distributed,
+    make_run_folder,
     resolve_precision,
     seed_everything,
     set_threads,
@@ -130,14 +129,8 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) one fine-tuning run; returns the run folder."""
-    device = resolve_device(cfg.device)
-    dist = init_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = resolve_device(f"cuda:{dist.local_rank}")
-    try:
+    with distributed(cfg.device) as (dist, device):
         return _finetune(cfg, dist, device, resume, progress)
-    finally:
-        cleanup_distributed()
 
 
 def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
@@ -218,10 +211,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         history = [json.loads(h) for h in ckpt.extra.get("history", [])]
     writer = None
     if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
+        make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
 
@@ -349,9 +339,7 @@ def _finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
                   for u, s in zip(p.selection.depth_map.units, p.selection.status, strict=True)],
         "history": history, "recipe": to_dict(cfg),
     }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out / "metrics.json")
+    write_json(out / "metrics.json", metrics)
     print(f"best epoch {best['epoch']}: val AUC {results['val']['auc']:.4f} ACC "
           f"{results['val']['acc']:.4f}; test AUC {results['test']['auc']:.4f} ACC "
           f"{results['test']['acc']:.4f}; wrote {out / 'metrics.json'}", file=sys.stderr)

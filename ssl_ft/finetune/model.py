@@ -169,10 +169,12 @@ def load_finetuned(path: str | os.PathLike, map_location: Any = "cpu") -> Finetu
 
 
 @torch.no_grad()
-def predict_proba(model: FinetuneModel, images: np.ndarray | torch.Tensor, *, max_value: int,
+def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, *, max_value: int,
                   batch_size: int = 256, device: torch.device | str = "cpu") -> np.ndarray:
     """Class probabilities ``(N, num_classes)`` for raw images ``(N, C, H, W)`` (``uint8`` /
-    ``uint16`` arrays, scaled by ``max_value``). The model is put in eval mode."""
+    ``uint16`` arrays, scaled by ``max_value``) from any model that takes images in ``[0, 1]``
+    and has a linear ``head`` (:class:`FinetuneModel`, the fusion's ``FusionNet``). The model
+    is put in eval mode."""
     model.eval()
     model.to(device)
     out = []

@@ -43,9 +43,8 @@ from ssl_ft.pretrain.evaluate import extract_features, probe
 from ssl_ft.runtime import (
     Dist,
     autocast,
-    cleanup_distributed,
-    init_distributed,
-    resolve_device,
+    distributed,
+    make_run_folder,
     resolve_precision,
     seed_everything,
     set_threads,
@@ -201,14 +200,8 @@ def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path) -> None:
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) a pretraining recipe; returns the run folder."""
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device)
-    if dist.enabled and device.type == "cuda":
-        device = resolve_device(f"cuda:{dist.local_rank}")
-    try:
+    with distributed(cfg.train.device) as (dist, device):
         return _pretrain(cfg, dist, device, resume, progress)
-    finally:
-        cleanup_distributed()
 
 
 def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: bool,
@@ -266,10 +259,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
             method, device_ids=[device.index] if device.type == "cuda" else None)
     writer = None
     if dist.is_main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
+        make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
                                                           sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
