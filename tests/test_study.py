@@ -138,6 +138,21 @@ def test_cli_runs_lists_and_reports(data_root, tmp_path, tool, capsys, monkeypat
     assert "## Fine-tuning" in text and "## Fusion" in text and "heatmap.png" in text
 
 
+@pytest.mark.parametrize(("override", "needle"), [
+    ("checkpoints.random=/nowhere/simclr.pt", "checkpoint not found: /nowhere/simclr.pt"),
+    ("finetune.grid.data=[pneumoniamnist,nosuchdata]", "unknown dataset 'nosuchdata'"),
+])
+def test_missing_inputs_stop_the_study_before_any_cell(data_root, tmp_path, tool, capsys,
+                                                       monkeypatch, override, needle):
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    mod = tool("study")
+    out = tmp_path / "s"
+    assert mod.run(mod.main, [str(TINY), f"out={out}", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and "cell(s)" in err
+    assert not (out / "cells").exists()  # nothing ran
+
+
 def _df(values: dict[str, list[float]]) -> pd.DataFrame:
     rows = []
     for strategy, aucs in values.items():

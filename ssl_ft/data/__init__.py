@@ -19,6 +19,7 @@ from ssl_ft.data.load import (
     DEFAULT_DATA_ROOT,
     list_datasets,
     load_data,
+    locate_data,
     resolve_data_root,
 )
 from ssl_ft.data.subsample import split_stratified, subsample
@@ -32,6 +33,7 @@ __all__ = [
     "ImageArrayDataset",
     "list_datasets",
     "load_data",
+    "locate_data",
     "resolve_data_root",
     "split_stratified",
     "subsample",

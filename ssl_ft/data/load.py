@@ -49,7 +49,8 @@ from ssl_ft.data.npz import find_manifest_entry, normalise_task, read_npz
 from ssl_ft.data.subsample import check_fraction, check_limit, check_split_fractions, subsample
 from ssl_ft.errors import UserError
 
-__all__ = ["DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "list_datasets", "load_data", "resolve_data_root"]
+__all__ = ["DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "list_datasets", "load_data", "locate_data",
+           "resolve_data_root"]
 
 #: The medmnist package's own default root.
 DEFAULT_DATA_ROOT = "~/.medmnist"
@@ -165,6 +166,14 @@ def _resolve(
     if path.suffix.lower() != ".npz":
         raise UserError(f"{path}: expected a MedMNIST-layout .npz file or a folder of images")
     return "npz", path.stem, path
+
+
+def locate_data(data: str | os.PathLike[str], *, data_root: str | os.PathLike[str] | None = None,
+                size: int | None = None, download: bool = False) -> Path:
+    """The file or folder that :func:`load_data` would read for ``data``, without reading it
+    (a missing MedMNIST file is downloaded when ``download``); a :class:`UserError` names what
+    is missing."""
+    return _resolve(data, resolve_data_root(data_root), size, download)[2]
 
 
 def _subset(

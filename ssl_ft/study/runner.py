@@ -21,14 +21,57 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ssl_ft.errors import UserError
 from ssl_ft.study.grid import Cell, Study
 
-__all__ = ["is_done", "run_cell", "run_study"]
+__all__ = ["check_inputs", "is_done", "run_cell", "run_study"]
 
 
 def is_done(cell: Cell, out: str | Path) -> bool:
     folder = cell.folder(out)
     return (folder / ("checkpoint.pt" if cell.kind == "pretrain" else "metrics.json")).is_file()
+
+
+def check_inputs(study: Study, cells: list[Cell]) -> None:
+    """Fail in a second, not after hours of runs: every dataset and checkpoint file that an
+    unfinished cell reads must be there (checkpoints that the study pretrains excepted). Raises
+    a :class:`UserError` naming the first missing input and how many cells need it."""
+    from ssl_ft.data import locate_data
+    from ssl_ft.pretrain import load_pretrain_recipe
+
+    made = {str(c.folder(study.out) / "checkpoint.pt") for c in cells if c.kind == "pretrain"}
+    problems: dict[str, list[str]] = {}
+    seen: dict[tuple, str | None] = {}
+
+    def data_ok(cell: Cell, data: str, root: str | None, size: int | None, download: bool) -> None:
+        key = (data, root, size, download)
+        if key not in seen:
+            try:
+                locate_data(data, data_root=root, size=size, download=download)
+                seen[key] = None
+            except UserError as exc:
+                seen[key] = str(exc)
+        if seen[key]:
+            problems.setdefault(seen[key], []).append(cell.id)
+
+    for cell in cells:
+        if is_done(cell, study.out):
+            continue
+        cfg = cell.config
+        if cell.kind == "pretrain":
+            d = load_pretrain_recipe(cfg["recipe"], cfg["overrides"]).data
+            data_ok(cell, d.name, d.root, d.size, d.download)
+            continue
+        data_ok(cell, str(cfg.get("data", "pneumoniamnist")), cfg.get("data_root"),
+                cfg.get("size"), bool(cfg.get("download", False)))
+        paths = [cfg.get("checkpoint", "none")] if cell.kind == "finetune" else cfg["checkpoints"]
+        for path in map(str, paths):
+            if path not in ("none", "imagenet") and path not in made and not Path(path).is_file():
+                problems.setdefault(f"checkpoint not found: {path}", []).append(cell.id)
+    if problems:
+        first, ids = next(iter(problems.items()))
+        more = f"; {len(problems) - 1} more missing input(s)" if len(problems) > 1 else ""
+        raise UserError(f"{first} (needed by {len(ids)} cell(s), e.g. {ids[0]}){more}")
 
 
 def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> str | None:
@@ -71,7 +114,9 @@ def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -
 
 def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
               progress: bool | None = None) -> dict[str, str]:
-    """Run every unfinished cell; returns ``{cell id: error}`` for the cells that failed."""
+    """Run every unfinished cell; returns ``{cell id: error}`` for the cells that failed.
+    Missing inputs stop the study before the first cell (:func:`check_inputs`)."""
+    check_inputs(study, cells)
     workers = workers or study.workers
     threads = study.threads or max(1, (os.cpu_count() or 1) // workers)
     todo = [c for c in cells if not is_done(c, study.out)]
