@@ -188,6 +188,24 @@ def test_report_marks_the_best_and_draws(tmp_path):
     assert (tmp_path / "strategies.png") in files
 
 
+def test_report_compares_selections_and_scratch_by_seed(tmp_path):
+    rows = []
+    for model, sel, aucs in [("simclr", "0-100", [0.90, 0.92, 0.94]),
+                             ("simclr", "0-75 t75", [0.92, 0.93, 0.97]),
+                             ("none", "0-100", [0.85, 0.90, 0.92])]:
+        rows += [{**r, "model": model, "selection": sel}
+                 for r in _df({"ft": aucs}).to_dict("records")]
+    write_report(pd.DataFrame(rows), tmp_path, "known")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Layer selections against end-to-end fine-tuning (0-100)" in text
+    p_sel = stats.ttest_rel([0.92, 0.93, 0.97], [0.90, 0.92, 0.94]).pvalue
+    assert f"| simclr | 0-75 t75 | ft | +0.0200 | 3 | {p_sel:.3g} |" in text
+    assert "## Pretrained models against training from scratch (none)" in text
+    p_pre = stats.ttest_rel([0.90, 0.92, 0.94], [0.85, 0.90, 0.92]).pvalue
+    assert f"| simclr | 0-100 | ft | +0.0300 | 3 | {p_pre:.3g} |" in text
+    assert "Strategies against" not in text  # one strategy: nothing to compare
+
+
 def test_empty_study_report(tmp_path):
     files = write_report(pd.DataFrame(), tmp_path, "nothing yet")
     assert "No finished runs yet" in files[1].read_text()
@@ -206,10 +224,13 @@ def test_shipped_study_recipes_expand(name):
         assert kinds.count("finetune") == 3 * 6 * 3 * 3 + 3 * 3 and kinds.count("ensemble") == 18
         low = [c for c in cells if c.kind == "finetune" and c.config.get("label_fraction") == 0.01]
         assert low and all(c.config["epochs"] == 100 for c in low)
-    if name == "davila":  # 3 archs pretrained once on PneumoniaMNIST, then 9 x 3 x 3 x 3 cells
+    if name == "davila":  # 3 archs pretrained once on PneumoniaMNIST, 9 x 3 x 3 x 3 cells, scratch
         pre = [c for c in cells if c.kind == "pretrain"]
         assert [c.labels["data"] for c in pre] == ["pneumoniamnist"] * 3
-        assert sum(c.kind == "finetune" for c in cells) == 243
-        mri = [c for c in cells if c.config.get("data") == "brain_tumor_mri_sartaj_64"]
-        assert all(c.needs[0].endswith("_pneumoniamnist") and c.config["limit"] == 600
+        ssl = [c for c in cells if c.kind == "finetune" and c.needs]
+        assert len(ssl) == 243
+        scratch = [c for c in cells if c.kind == "finetune" and c.config["checkpoint"] == "none"]
+        assert len(scratch) == 3 * 3 * 3 and {c.config["strategy"] for c in scratch} == {"ft"}
+        mri = [c for c in ssl if c.config.get("data") == "brain_tumor_mri_sartaj_64"]
+        assert all(c.needs[0].endswith("_pneumoniamnist") and c.config["limit"] == 500
                    for c in mri)

@@ -173,6 +173,22 @@ def _pivot_md(s: pd.DataFrame, metric: str, column: str) -> list[str]:
     return lines
 
 
+def _paired_md(title: str, tests: pd.DataFrame, what: str) -> list[str]:
+    """A table of paired differences (:func:`paired_differences` rows); empty if none."""
+    if tests.empty:
+        return []
+    lines = ["", f"## {title}", "",
+             f"Paired over seeds: mean test-AUC difference ({what}) and the two-sided paired "
+             "t-test p-value (none when the differences are constant).", "",
+             "| data | arch | labels | model | layers | strategy | ΔAUC | n | p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in tests.itertuples():
+        lines.append(f"| {r.data} | {r.arch} | {r.label_fraction:g} | {r.model} | "
+                     f"{r.selection} | {r.strategy} | {r.test_auc_diff:+.4f} | {r.n} | "
+                     f"{'' if math.isnan(r.p) else f'{r.p:.3g}'} |")
+    return lines
+
+
 def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
     """results.csv, results.md and the figures that the data supports; returns the files."""
     out = Path(out)
@@ -196,17 +212,18 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
         lines += ["", f"## {'Fine-tuning' if kind == 'finetune' else 'Fusion'}"]
         for metric in ("test_auc", "test_acc"):
             lines += _pivot_md(part, metric, column)
-    tests = paired_tests(df)
-    if not tests.empty:
-        lines += ["", "## Strategies against end-to-end fine-tuning (ft)", "",
-                  "Paired over seeds: mean test-AUC difference (strategy - ft) and the two-sided "
-                  "paired t-test p-value.", "",
-                  "| data | arch | labels | model | layers | strategy | ΔAUC | n | p |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for r in tests.itertuples():
-            lines.append(f"| {r.data} | {r.arch} | {r.label_fraction:g} | {r.model} | "
-                         f"{r.selection} | {r.strategy} | {r.test_auc_diff:+.4f} | {r.n} | "
-                         f"{r.p:.3g} |")
+    ft = df[df["kind"] == "finetune"]
+    lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", paired_tests(df),
+                        "strategy - ft")
+    if ft["selection"].nunique() > 1 and (ft["selection"] == "0-100").any():
+        keys = ["data", "arch", "label_fraction", "model", "strategy", "selection"]
+        lines += _paired_md("Layer selections against end-to-end fine-tuning (0-100)",
+                            paired_differences(ft, keys, {"selection": "0-100"}),
+                            "selection - 0-100")
+    if ft["model"].nunique() > 1 and (ft["model"] == "none").any():
+        keys = ["data", "arch", "label_fraction", "selection", "strategy", "model"]
+        lines += _paired_md("Pretrained models against training from scratch (none)",
+                            paired_differences(ft, keys, {"model": "none"}), "model - none")
     from ssl_ft.study.figures import draw_figures
 
     figures = draw_figures(s, out)
