@@ -223,7 +223,7 @@ def test_shipped_study_recipes_expand(name):
         kinds = [c.kind for c in cells]
         assert kinds.count("finetune") == 3 * 6 * 3 * 3 + 3 * 3 and kinds.count("ensemble") == 18
         low = [c for c in cells if c.kind == "finetune" and c.config.get("label_fraction") == 0.01]
-        assert low and all(c.config["epochs"] == 100 for c in low)
+        assert low and all(c.config["epochs"] == 48 and c.config["batch_size"] == 16 for c in low)
     if name == "davila":  # 3 archs pretrained once on PneumoniaMNIST, 9 x 3 x 3 x 3 cells, scratch
         pre = [c for c in cells if c.kind == "pretrain"]
         assert [c.labels["data"] for c in pre] == ["pneumoniamnist"] * 3
