@@ -77,6 +77,7 @@ def test_grid_expansion(tmp_path):
     ({"finetune": {"grid": {"strategy": ["nope"]}}}, "'nope'"),
     ({"finetune": {"grid": {"layers": ["abc"]}}}, "abc"),
     ({"workers": 0}, "workers"),
+    ({"keep": "weights"}, "keep must be one of"),
     ({"colour": 1}, "colour"),
 ])
 def test_bad_study_recipes_name_the_problem(tmp_path, change, needle):
@@ -111,6 +112,10 @@ def test_a_killed_study_resumes_where_it_stopped(data_root, tmp_path, monkeypatc
     monkeypatch.setattr(runner, "run_cell", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
     assert run_study(study, cells, progress=False) == {}
     assert len(calls) == 5 and len(set(calls)) == 5  # the two finished cells were not re-run
+    for cell in cells:  # keep: model (the default) drops the resume state of finished cells
+        names = {f.name for f in cell.folder(study.out).iterdir()}
+        assert "metrics.json" in names and not names & {"last.pt", "best.pt"}
+        assert ("model.pt" in names) == (cell.kind == "finetune")
     df = collect(cells, study.out)
     assert len(df) == 4 + 4  # 4 fine-tuning runs; the fusion, the 2 models alone, late fusion
     files = write_report(df, study.out, study.name)

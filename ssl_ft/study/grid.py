@@ -6,6 +6,7 @@ al.'s strategies x architectures x datasets). The recipe::
     name: khan_fang
     out: runs/study/khan_fang
     workers: 1                      # cells run in parallel processes
+    keep: model                     # finished cells keep model.pt (all: + last/best.pt; metrics)
     checkpoints:                    # names usable in the grids; {data} is filled per cell
       simclr: runs/pretrain/simclr_{data}/checkpoint.pt
     pretrain:                       # or pretrained by the study itself (before the other cells),
@@ -47,6 +48,9 @@ from ssl_ft.finetune.config import FinetuneConfig
 __all__ = ["Cell", "Study", "expand", "load_study"]
 
 KINDS = {"finetune": FinetuneConfig, "ensemble": EnsembleConfig}
+# what a finished fine-tuning cell keeps besides metrics.json, logs and TensorBoard files: its
+# model.pt (default), also the resume/best states (all), or no weights at all (metrics)
+KEEP = {"model": ("last.pt", "best.pt"), "all": (), "metrics": ("last.pt", "best.pt", "model.pt")}
 
 
 @dataclass
@@ -62,6 +66,7 @@ class Study:
     out: str = "runs/study"
     workers: int = 1
     threads: int | None = None     # torch threads per worker (default: cores / workers)
+    keep: str = "model"            # files of a finished fine-tuning cell: model | all | metrics
     checkpoints: dict[str, str] = field(default_factory=dict)
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Section | None = None
@@ -70,6 +75,8 @@ class Study:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.keep not in KEEP:
+            raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
 
 
 @dataclass

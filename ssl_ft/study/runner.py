@@ -22,14 +22,23 @@ from typing import Any
 from tqdm import tqdm
 
 from ssl_ft.errors import UserError
-from ssl_ft.study.grid import Cell, Study
+from ssl_ft.study.grid import KEEP, Cell, Study
 
-__all__ = ["check_inputs", "is_done", "run_cell", "run_study"]
+__all__ = ["check_inputs", "is_done", "prune", "run_cell", "run_study"]
 
 
 def is_done(cell: Cell, out: str | Path) -> bool:
     folder = cell.folder(out)
     return (folder / ("checkpoint.pt" if cell.kind == "pretrain" else "metrics.json")).is_file()
+
+
+def prune(cell: Cell, out: str | Path, keep: str) -> None:
+    """Delete what a finished fine-tuning cell no longer needs (``Study.keep``): its resume
+    state ``last.pt`` and ``best.pt`` (a copy of model.pt), so that hundreds of cells do not fill
+    the disk (a resnet50 cell holds ~0.4 GB otherwise)."""
+    if cell.kind == "finetune" and is_done(cell, out):
+        for name in KEEP[keep]:
+            (cell.folder(out) / name).unlink(missing_ok=True)
 
 
 def check_inputs(study: Study, cells: list[Cell]) -> None:
@@ -120,6 +129,8 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
     workers = workers or study.workers
     threads = study.threads or max(1, (os.cpu_count() or 1) // workers)
     todo = [c for c in cells if not is_done(c, study.out)]
+    for cell in cells:  # also cells that finished just before a kill
+        prune(cell, study.out, study.keep)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=study.name, unit="run",
                disable=not show, file=sys.stderr, dynamic_ncols=True)
@@ -148,6 +159,7 @@ def _run_batch(batch: list[Cell], study: Study, threads: int, pool: ProcessPoolE
     def finished(cell: Cell, err: str | None, seconds: float) -> None:
         if err is not None:
             failed[cell.id] = err
+        prune(cell, study.out, study.keep)
         bar.update(1)
         bar.set_postfix_str(f"last {seconds:.0f}s", refresh=False)
         count[0] += 1
