@@ -110,19 +110,42 @@ def _strategies(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _fractions(df: pd.DataFrame, path: Path) -> Path:
-    groups = list(df.groupby(["data", "arch"], sort=False))
-    plt, fig, axes = _panels(len(groups))
+    """One panel per dataset / architecture / pretrained model, one line per layer selection
+    (and strategy), the same colour for the same selection in every panel; the from-scratch
+    cells (model ``none``) as a dashed black line in each panel of their dataset."""
+    scratch = df[df["model"] == "none"]
+    models = df[df["model"] != "none"] if len(scratch) < len(df) else df
+    groups = list(models.groupby(["data", "arch", "model"], sort=False))
+    lines = list(dict.fromkeys(zip(models["selection"], models["strategy"], strict=True)))
+    plt, fig, axes = _panels(len(groups), w=4.2, h=3.4)
+    fractions = sorted(df["label_fraction"].unique())
     for ax, (key, g) in zip(axes, groups, strict=False):
-        for j, (line, h) in enumerate(g.groupby(["model", "selection", "strategy"], sort=False)):
+        for j, line in enumerate(lines):
+            h = g[(g["selection"] == line[0]) & (g["strategy"] == line[1])]
+            if h.empty:
+                continue
             h = h.sort_values("label_fraction")
             ax.errorbar(h["label_fraction"], h["test_auc_mean"], yerr=h["test_auc_std"],
-                        marker="o", capsize=2, label=" ".join(map(str, line)), color=f"C{j % 10}")
+                        marker="o", capsize=2, color=f"C{j % 10}",
+                        label=line[0] if models["strategy"].nunique() == 1 else " ".join(line))
+        base = scratch[(scratch["data"] == key[0]) & (scratch["arch"] == key[1])]
+        if len(base) and g is not base:
+            base = base.sort_values("label_fraction")
+            ax.errorbar(base["label_fraction"], base["test_auc_mean"], yerr=base["test_auc_std"],
+                        color="black", linestyle="--", marker="s", capsize=2,
+                        label="from scratch")
         ax.set_xscale("log")
-        ax.set_xlabel("label fraction")
+        ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+        ax.minorticks_off()
+        ax.set_xlabel("share of the training labels")
         ax.set_ylabel("test AUC (mean ± std)")
-        ax.set_title(f"{key[0]} {key[1]}", fontsize=9)
-        ax.legend(fontsize=6)
+        ax.set_title(" ".join(map(str, key)), fontsize=9)
         ax.grid(alpha=0.3)
+    low = np.nanmin(df["test_auc_mean"] - df["test_auc_std"].fillna(0))
+    high = np.nanmax(df["test_auc_mean"] + df["test_auc_std"].fillna(0))
+    for ax in axes[:len(groups)]:  # one scale, so panels compare at a glance
+        ax.set_ylim(low - 0.005, min(1.0, high + 0.005))
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
