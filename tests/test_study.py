@@ -63,6 +63,9 @@ def test_grid_expansion(tmp_path):
     assert cell.config["truncate"] == 75 and cell.config["epochs"] == 2
     gen = next(c for c in cells if c.labels.get("checkpoint") == "genesis")
     assert gen.needs and gen.config["checkpoint"].endswith(f"{gen.needs[0]}/checkpoint.pt")
+    longer = load_study(_study(tmp_path), ["pretrain.genesis.overrides=[train.epochs=2]"])
+    assert {c.id for c in expand(longer) if c.kind == "pretrain"}.isdisjoint(
+        c.id for c in cells if c.kind == "pretrain")  # new pretraining, new cell
     scratch = [c for c in cells if c.labels.get("checkpoint") == "none"]
     assert {c.labels["layers"] for c in scratch} == {"0-100"} and len(scratch) == 6
     pre = cells[0]
@@ -237,5 +240,5 @@ def test_shipped_study_recipes_expand(name):
         scratch = [c for c in cells if c.kind == "finetune" and c.config["checkpoint"] == "none"]
         assert len(scratch) == 3 * 3 * 3 and {c.config["strategy"] for c in scratch} == {"ft"}
         mri = [c for c in ssl if c.config.get("data") == "brain_tumor_mri_sartaj_64"]
-        assert all(c.needs[0].endswith("_pneumoniamnist") and c.config["limit"] == 500
+        assert all("_pneumoniamnist-" in c.needs[0] and c.config["limit"] == 500
                    for c in mri)

@@ -157,14 +157,16 @@ def _resolve(study: Study, name: Any, data: str) -> tuple[str, list[Cell]]:
     if name in study.pretrain:
         spec = study.pretrain[name]
         data = str(spec.get("data", data))  # a fixed pretraining dataset, or the cell's own
-        cid = f"pretrain/{_slug(name)}_{_slug(data)}"
         if "recipe" not in spec:
             raise UserError(f"pretrain.{name} needs a recipe (e.g. recipes/pretrain/"
                             f"{name}_{{data}}.yaml)")
         overrides = [str(o).format(data=data) for o in spec.get("overrides", [])]
-        cell = Cell("pretrain", cid, {"pretrain": name, "data": data},
-                    {"recipe": str(spec["recipe"]).format(data=data),
-                     "overrides": [f"data.name={data}", *overrides]})
+        config = {"recipe": str(spec["recipe"]).format(data=data),
+                  "overrides": [f"data.name={data}", *overrides]}
+        # the overrides are in the id: a changed pretraining is a new cell, not a stale one
+        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+        cid = f"pretrain/{_slug(name)}_{_slug(data)}-{digest}"
+        cell = Cell("pretrain", cid, {"pretrain": name, "data": data}, config)
         return str(Path(study.out) / "cells" / cid / "checkpoint.pt"), [cell]
     if name in study.checkpoints:
         return study.checkpoints[name].format(data=data), []
