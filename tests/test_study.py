@@ -214,6 +214,30 @@ def test_report_compares_selections_and_scratch_by_seed(tmp_path):
     assert "Strategies against" not in text  # one strategy: nothing to compare
 
 
+def test_fusion_experiments_that_share_a_model_stay_apart(tmp_path):
+    from ssl_ft.study.report import metrics_rows
+
+    def run(a: str, b: str, auc: float) -> dict:
+        score = {"auc": auc, "acc": 0.8}
+        return {"data": "d", "label_fraction": 1.0, "seed": 0, "strategy": "lp",
+                "trainable_params": 10, "test": score, "val": score,
+                "models": [{"name": a, "arch": "resnet18", "depth": 50},
+                           {"name": b, "arch": "resnet18", "depth": 75}],
+                "baselines": {a: {"test": score, "val": score},
+                              b: {"test": {"auc": 0.7, "acc": 0.6}, "val": score},
+                              "late_fusion": {"test": {"auc": auc - 0.01, "acc": 0.7},
+                                              "val": score}}}
+    df = pd.DataFrame(metrics_rows(run("simclr", "genesis", 0.95))
+                      + metrics_rows(run("moco", "genesis", 0.90)))
+    s = summarize(df).set_index(["selection", "model"])
+    assert s.loc[("simclr+genesis at 50+75", "late fusion"), "test_auc_mean"] == 0.94
+    assert s.loc[("moco+genesis at 50+75", "late fusion"), "test_auc_mean"] == 0.89
+    assert (s["n"] == 1).all()  # the shared "genesis alone" is not counted twice
+    write_report(df, tmp_path, "fusion")
+    assert "| late fusion | 0.940 ± 0.000 (1) | 0.890 ± 0.000 (1) |" in (
+        tmp_path / "results.md").read_text()
+
+
 def test_empty_study_report(tmp_path):
     files = write_report(pd.DataFrame(), tmp_path, "nothing yet")
     assert "No finished runs yet" in files[1].read_text()

@@ -153,7 +153,7 @@ def _fractions(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _fusion(df: pd.DataFrame, path: Path) -> Path:
-    groups = list(df.groupby(["data", "label_fraction"], sort=False))
+    groups = list(df.groupby(["data", "label_fraction", "selection"], sort=False))
     plt, fig, axes = _panels(len(groups))
     for ax, (key, g) in zip(axes, groups, strict=False):
         ax.bar(range(len(g)), g["test_auc_mean"], yerr=g["test_auc_std"], capsize=3,
@@ -162,7 +162,7 @@ def _fusion(df: pd.DataFrame, path: Path) -> Path:
         low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"])
         ax.set_ylim(max(0.0, low - 0.03), 1.0)
         ax.set_ylabel("test AUC (mean ± std)")
-        ax.set_title(f"{key[0]}, labels {key[1]:g}", fontsize=9)
+        ax.set_title(f"{key[0]}, labels {key[1]:g}\n{key[2]}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -45,7 +45,7 @@ def metrics_rows(m: dict[str, Any], model: str | None = None) -> list[dict[str, 
     depths = "+".join(f"{x['depth']:g}" for x in m["models"])
     common = {**base, "kind": "ensemble", "arch": "+".join(sorted({x["arch"]
                                                                    for x in m["models"]})),
-              "selection": f"depths {depths}"}
+              "selection": "+".join(names) + f" at {depths}"}  # one fusion experiment
     rows = [{**common, "model": "fusion(" + "+".join(names) + ")",
              "trainable_params": m["trainable_params"], **_scores(m)}]
     for variant, res in m["baselines"].items():
@@ -149,7 +149,7 @@ def _fmt(mean: float, std: float, ci: float) -> str:
     return f"{mean:.3f} ± {std:.3f}{ci_text}"
 
 
-def _pivot_md(s: pd.DataFrame, metric: str, column: str) -> list[str]:
+def _pivot_md(s: pd.DataFrame, metric: str, column: str, bold: bool = True) -> list[str]:
     lines = []
     for key, g in s.groupby(["kind", "data", "arch", "label_fraction"], sort=False):
         cols = list(dict.fromkeys(g[column]))
@@ -168,7 +168,8 @@ def _pivot_md(s: pd.DataFrame, metric: str, column: str) -> list[str]:
                 r = r.iloc[0]
                 text = _fmt(r[f"{metric}_mean"], r[f"{metric}_std"], r[f"{metric}_ci95"])
                 text += f" ({r['n']})"
-                cells.append(f"**{text}**" if r[f"{metric}_mean"] == best and len(h) > 1 else text)
+                top = bold and r[f"{metric}_mean"] == best and len(h) > 1
+                cells.append(f"**{text}**" if top else text)
             lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return lines
 
@@ -195,7 +196,9 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.csv", out / "results.md"]
     df.to_csv(written[0], index=False)
-    lines = [f"# {title}", "", f"{len(df)} runs. Bold: the best mean in its row."]
+    lines = [f"# {title}", "", f"{len(df)} rows (a fusion run gives one per variant). Bold: the "
+             "best fine-tuning mean in its row. Fusion tables: one column per fusion "
+             "experiment (its models and depths), with each model alone and late fusion."]
     if df.empty:
         written[1].write_text("\n".join(lines + ["", "No finished runs yet."]) + "\n")
         return written
@@ -211,7 +214,7 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
             part["strategy"] = part["selection"] + " " + part["strategy"]
         lines += ["", f"## {'Fine-tuning' if kind == 'finetune' else 'Fusion'}"]
         for metric in ("test_auc", "test_acc"):
-            lines += _pivot_md(part, metric, column)
+            lines += _pivot_md(part, metric, column, bold=kind == "finetune")
     ft = df[df["kind"] == "finetune"]
     lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", paired_tests(df),
                         "strategy - ft")
