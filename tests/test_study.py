@@ -203,7 +203,10 @@ def test_report_compares_selections_and_scratch_by_seed(tmp_path):
                              ("none", "0-100", [0.85, 0.90, 0.92])]:
         rows += [{**r, "model": model, "selection": sel}
                  for r in _df({"ft": aucs}).to_dict("records")]
-    write_report(pd.DataFrame(rows), tmp_path, "known")
+    fewer = [{**r, "label_fraction": 0.1, "test_auc": r["test_auc"] - 0.05} for r in rows]
+    files = write_report(pd.DataFrame(rows + fewer), tmp_path, "known")
+    assert (tmp_path / "label_fractions.png") in files  # one panel (simclr), scratch dashed
+    assert (tmp_path / "label_fractions.png").read_bytes()[:4] == b"\x89PNG"
     text = (tmp_path / "results.md").read_text()
     assert "## Layer selections against end-to-end fine-tuning (0-100)" in text
     p_sel = stats.ttest_rel([0.92, 0.93, 0.97], [0.90, 0.92, 0.94]).pvalue
