@@ -109,6 +109,11 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text)
 
 
+def _digest(config: dict[str, Any]) -> str:
+    """The first 8 hex digits of the SHA-256 of a cell's configuration (part of its id)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
 def _axes(grid: dict[str, list]) -> list[tuple[list[str], list[tuple]]]:
     out = []
     for key, values in grid.items():
@@ -164,8 +169,7 @@ def _resolve(study: Study, name: Any, data: str) -> tuple[str, list[Cell]]:
         config = {"recipe": str(spec["recipe"]).format(data=data),
                   "overrides": [f"data.name={data}", *overrides]}
         # the overrides are in the id: a changed pretraining is a new cell, not a stale one
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-        cid = f"pretrain/{_slug(name)}_{_slug(data)}-{digest}"
+        cid = f"pretrain/{_slug(name)}_{_slug(data)}-{_digest(config)}"
         cell = Cell("pretrain", cid, {"pretrain": name, "data": data}, config)
         return str(Path(study.out) / "cells" / cid / "checkpoint.pt"), [cell]
     if name in study.checkpoints:
@@ -187,8 +191,7 @@ def _cell(study: Study, kind: str, base: dict, labels: dict[str, Any]) -> tuple[
             needs += need
         config["checkpoints"] = paths
     parts = [f"{k}={_slug(v)}" for k, v in sorted(labels.items())]
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
-    cid = f"{kind}/" + ",".join(parts)[:150] + f"-{digest[:8]}"
+    cid = f"{kind}/" + ",".join(parts)[:150] + f"-{_digest(config)}"
     cfg = from_dict(KINDS[kind], config, where=f"study cell {cid}")
     if kind == "finetune":  # fail before hours of runs, not in the middle of them
         from ssl_ft.finetune.strategies import get_strategy
