@@ -17,6 +17,7 @@ from ssl_ft.study import (
     collect,
     expand,
     load_study,
+    p_text,
     paired_tests,
     run_study,
     summarize,
@@ -185,6 +186,9 @@ def test_statistics_on_known_inputs():
     want = stats.ttest_rel([0.93, 0.94, 0.98], [0.90, 0.92, 0.94]).pvalue
     assert t["p"] == pytest.approx(want)
     assert np.isclose(want, 0.0351, atol=1e-3)  # t = 0.03 / (0.01 / sqrt 3) = 5.20, 2 df
+    same = paired_tests(_df({"ft": [0.1, 0.2, 0.5], "lp": [0.2, 0.3, 0.6]})).iloc[0]
+    assert math.isnan(same["p"]) and p_text(same["p"]) == ""  # +0.1 each (to float noise): no test
+    assert p_text(want) == "0.0351"
 
 
 def test_report_marks_the_best_and_draws(tmp_path):
@@ -215,6 +219,32 @@ def test_report_compares_selections_and_scratch_by_seed(tmp_path):
     p_pre = stats.ttest_rel([0.90, 0.92, 0.94], [0.85, 0.90, 0.92]).pvalue
     assert f"| simclr | 0-100 | ft | +0.0300 | 3 | {p_pre:.3g} |" in text
     assert "Strategies against" not in text  # one strategy: nothing to compare
+
+
+def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path, monkeypatch):
+    """A Davila-like study: strategies x architectures x datasets, from scratch per arch."""
+    import matplotlib.axes
+
+    rows = []
+    for data in ("xray", "ultrasound"):
+        for arch in ("resnet50", "vgg19_bn"):
+            for model, strategies in ((f"simclr_{arch}", ("ft", "lp", "lp-ft")), ("none", ("ft",))):
+                rows += [{**r, "data": data, "arch": arch, "model": model}
+                         for r in _df({s: [0.8, 0.85, 0.9] for s in strategies}).to_dict("records")]
+    bars, lines = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, x, *a, **k: bars.append(k["label"]) or None)
+    real_axhline = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda self, y=0, **k: lines.append(k["label"]) or real_axhline(self, y, **k))
+    files = write_report(pd.DataFrame(rows), tmp_path, "strategies")
+    names = {f.name for f in files}
+    assert "strategies.png" in names and "heatmap.png" not in names  # one layer selection
+    # a panel per dataset; in each, one bar series per pretrained model, scratch as a line
+    assert bars == ["resnet50 simclr_resnet50", "vgg19_bn simclr_vgg19_bn"] * 2
+    assert lines == ["resnet50 from scratch", "vgg19_bn from scratch"] * 2
+    text = (tmp_path / "results.md").read_text()
+    assert "| xray | vgg19_bn | 1 | simclr_vgg19_bn | 0-100 | ft | +0.0000 | 3 |" in text
 
 
 def test_fusion_experiments_that_share_a_model_stay_apart(tmp_path):

@@ -62,7 +62,7 @@ def test_paired_differences_and_fusion_variants(tmp_path, tool, capsys):
     assert summarize.run(summarize.main, [str(tmp_path), "--by", "layers",
                                           "--paired", "layers=0-100"]) == 0
     out = capsys.readouterr().out
-    assert "| 25-50 | +0.0300, +0.0200, +0.0400 | +0.0300 | 3 | 0.035 |" in out
+    assert "| 25-50 | +0.0300, +0.0200, +0.0400 | +0.0300 | 3 | 0.0351 |" in out
     fusion = tmp_path / "f" / "metrics.json"
     fusion.parent.mkdir()
     res = {"test": {"auc": 0.9, "acc": 0.8}, "val": {"auc": 0.9, "acc": 0.8}}

@@ -28,7 +28,7 @@ import pandas as pd
 
 from ssl_ft.cli import run
 from ssl_ft.errors import UserError
-from ssl_ft.study.report import metrics_rows, paired_differences, summarize
+from ssl_ft.study.report import metrics_rows, p_text, paired_differences, summarize
 
 METRICS = (("test", "auc"), ("test", "acc"), ("val", "auc"), ("val", "acc"))
 
@@ -103,7 +103,7 @@ def paired_markdown(df: pd.DataFrame, by: Sequence[str], reference: dict[str, st
     for r in diffs.to_dict("records"):
         lines.append("| " + " | ".join(str(r[k]) for k in by) + " | "
                      + ", ".join(f"{d:+.4f}" for d in r["per_seed"])
-                     + f" | {r['test_auc_diff']:+.4f} | {r['n']} | {r['p']:.2g} |")
+                     + f" | {r['test_auc_diff']:+.4f} | {r['n']} | {p_text(r['p'])} |")
     return "\n".join(lines)
 
 

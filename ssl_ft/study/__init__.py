@@ -10,8 +10,8 @@ See ``docs/study.md``.
 """
 
 from ssl_ft.study.grid import Cell, Study, expand, load_study
-from ssl_ft.study.report import collect, paired_tests, summarize, write_report
+from ssl_ft.study.report import collect, p_text, paired_tests, summarize, write_report
 from ssl_ft.study.runner import check_inputs, is_done, run_cell, run_study
 
-__all__ = ["Cell", "Study", "check_inputs", "collect", "expand", "is_done", "load_study", "paired_tests",
-           "run_cell", "run_study", "summarize", "write_report"]
+__all__ = ["Cell", "Study", "check_inputs", "collect", "expand", "is_done", "load_study", "p_text",
+           "paired_tests", "run_cell", "run_study", "summarize", "write_report"]

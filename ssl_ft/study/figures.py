@@ -2,8 +2,9 @@
 
 * ``heatmap.png``: mean test AUC of each layer selection (columns) x SSL model (rows), one panel
   per dataset / architecture / label fraction (Khan & Fang's question: which quarter?);
-* ``strategies.png``: mean test AUC (± std) per strategy, one bar colour per dataset and
-  architecture (Davila et al.'s question: which strategy?);
+* ``strategies.png``: mean test AUC (± std) per strategy, one panel per dataset, one bar
+  colour per architecture / model, from scratch dashed (Davila et al.'s question: which
+  strategy?);
 * ``label_fractions.png``: mean test AUC against the share of labels, one line per model and
   selection, one panel per dataset;
 * ``fusion.png``: fusion against each model alone and late fusion.
@@ -46,7 +47,7 @@ def draw_figures(s: pd.DataFrame, out: Path) -> list[Path]:
     if not ft.empty:
         main_strategy = ft["strategy"].mode().iloc[0]
         heat = ft[ft["strategy"] == main_strategy]
-        if heat["selection"].nunique() > 1 or heat["model"].nunique() > 1:
+        if heat["selection"].nunique() > 1:  # (one selection: the strategy bars show it all)
             files.append(_heatmap(heat, out / "heatmap.png", main_strategy))
         if ft["strategy"].nunique() > 1:
             files.append(_strategies(ft, out / "strategies.png"))
@@ -84,25 +85,40 @@ def _heatmap(df: pd.DataFrame, path: Path, strategy: str) -> Path:
 
 
 def _strategies(df: pd.DataFrame, path: Path) -> Path:
-    groups = list(df.groupby(["label_fraction"], sort=False))
-    plt, fig, axes = _panels(len(groups), w=6.5)
+    """One panel per dataset and label fraction, one bar group per strategy, one colour per
+    architecture / model (and layer selection when the study varies it); the from-scratch cells
+    (model ``none``) as a dashed line in their architecture's colour."""
+    groups = list(df.groupby(["data", "label_fraction"], sort=False))
+    scratch = df[df["model"] == "none"]
+    models = df[df["model"] != "none"] if len(scratch) < len(df) else df
+    keys = ["arch", "model"] + (["selection"] if models["selection"].nunique() > 1 else [])
+    hues = list(dict.fromkeys(models[keys].astype(str).agg(" ".join, axis=1)))
+    arch_colour = {a: f"C{hues.index(next(h for h in hues if h.startswith(a + ' '))) % 10}"
+                   for a in dict.fromkeys(models["arch"])}
+    plt, fig, axes = _panels(len(groups), w=max(5.0, 0.5 * models["strategy"].nunique() + 1.5))
     for ax, (key, g) in zip(axes, groups, strict=False):
-        hues = list(dict.fromkeys(g["data"] + " " + g["arch"] + " " + g["model"]))
-        strategies = list(dict.fromkeys(g["strategy"]))
+        m = g[g["model"] != "none"] if len(scratch) < len(df) else g
+        label = m[keys].astype(str).agg(" ".join, axis=1)
+        strategies = list(dict.fromkeys(m["strategy"]))
         width = 0.8 / len(hues)
         for j, hue in enumerate(hues):
-            h = g[(g["data"] + " " + g["arch"] + " " + g["model"]) == hue].groupby("strategy")
-            means = h["test_auc_mean"].mean().reindex(strategies)
-            stds = h["test_auc_std"].mean().reindex(strategies)
-            ax.bar(np.arange(len(strategies)) + (j - (len(hues) - 1) / 2) * width, means,
-                   width, yerr=stds, capsize=2, label=hue, color=f"C{j}")
+            h = m[label == hue].set_index("strategy").reindex(strategies)
+            ax.bar(np.arange(len(strategies)) + (j - (len(hues) - 1) / 2) * width,
+                   h["test_auc_mean"], width, yerr=h["test_auc_std"], capsize=1.5, label=hue,
+                   color=f"C{j % 10}")
+        for r in g[g["model"] == "none"].itertuples():
+            if len(scratch) < len(df):
+                ax.axhline(r.test_auc_mean, color=arch_colour.get(r.arch, "black"),
+                           linestyle="--", linewidth=1, label=f"{r.arch} from scratch")
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
-        low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"])
-        ax.set_ylim(max(0.0, low - 0.03), 1.0)
+        low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"].fillna(0))
+        ax.set_ylim(max(0.0, low - 0.02), 1.0)
         ax.set_ylabel("test AUC (mean ± std)")
-        ax.set_title(f"label fraction {key[0]:g}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{key[0]}, labels {key[1]:g}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("test AUC per fine-tuning strategy; dashed: the same training from scratch",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -15,8 +15,8 @@ import pandas as pd
 
 from ssl_ft.study.grid import Cell
 
-__all__ = ["collect", "metrics_rows", "paired_differences", "paired_tests", "summarize",
-           "write_report"]
+__all__ = ["collect", "metrics_rows", "p_text", "paired_differences", "paired_tests",
+           "summarize", "write_report"]
 
 METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
 
@@ -116,7 +116,7 @@ def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any
                 continue
             a, b = other.loc[seeds].to_numpy(float), ref.loc[seeds].to_numpy(float)
             # constant differences (e.g. seeds that coincide) leave the t statistic undefined
-            testable = len(seeds) > 1 and np.ptp(a - b) > 0
+            testable = len(seeds) > 1 and np.ptp(a - b) > 1e-12  # (float noise is not spread)
             other_key = other_key if isinstance(other_key, tuple) else (other_key,)
             rows.append({**dict(zip(rest, key, strict=True)),
                          **dict(zip(reference, other_key, strict=True)),
@@ -124,6 +124,12 @@ def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any
                          "p": float(stats.ttest_rel(a, b).pvalue) if testable else float("nan"),
                          "per_seed": [round(float(d), 4) for d in a - b]})
     return pd.DataFrame(rows)
+
+
+def p_text(p: float) -> str:
+    """A paired test's p-value for a table: 3 significant digits, blank when undefined (the
+    differences were constant, e.g. seeds that coincide)."""
+    return "" if math.isnan(p) else f"{p:.3g}"
 
 
 def _equals(column: pd.Series, value: Any) -> pd.Series:
@@ -186,7 +192,7 @@ def _paired_md(title: str, tests: pd.DataFrame, what: str) -> list[str]:
     for r in tests.itertuples():
         lines.append(f"| {r.data} | {r.arch} | {r.label_fraction:g} | {r.model} | "
                      f"{r.selection} | {r.strategy} | {r.test_auc_diff:+.4f} | {r.n} | "
-                     f"{'' if math.isnan(r.p) else f'{r.p:.3g}'} |")
+                     f"{p_text(r.p)} |")
     return lines
 
 
