@@ -296,6 +296,6 @@ def test_shipped_study_recipes_expand(name):
         assert len(ssl) == 243
         scratch = [c for c in cells if c.kind == "finetune" and c.config["checkpoint"] == "none"]
         assert len(scratch) == 3 * 3 * 3 and {c.config["strategy"] for c in scratch} == {"ft"}
-        mri = [c for c in ssl if c.config.get("data") == "brain_tumor_mri_sartaj_64"]
-        assert all("_pneumoniamnist-" in c.needs[0] and c.config["limit"] == 500
-                   for c in mri)
+        derm = [c for c in ssl if c.config.get("data") == "ham10000_dermoscopy_unique_lesion_64"]
+        assert len(derm) == 81 and all("_pneumoniamnist-" in c.needs[0]
+                                       and c.config["limit"] == 500 for c in derm)
