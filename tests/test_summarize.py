@@ -74,3 +74,18 @@ def test_paired_differences_and_fusion_variants(tmp_path, tool, capsys):
     assert summarize.run(summarize.main, [str(fusion), "--by", "model"]) == 0
     out = capsys.readouterr().out
     assert all(f"| {m} | 1 |" in out for m in ("fusion(a+b)", "a alone", "b alone", "late fusion"))
+
+
+def test_wide_table_puts_a_key_in_the_columns(tmp_path, tool, capsys):
+    for seed, (a, b) in enumerate([(0.90, 0.93), (0.92, 0.94), (0.94, 0.98)]):
+        _write(tmp_path / f"ref{seed}", "0-100", seed, a, 0.8)
+        _write(tmp_path / f"q{seed}", "25-50", seed, b, 0.8)
+    summarize = tool("summarize")
+    assert summarize.run(summarize.main, [str(tmp_path), "--by", "model", "layers",
+                                          "--wide", "layers"]) == 0
+    out = capsys.readouterr().out
+    assert "| model | 0-100 | 25-50 |" in out
+    assert "| simclr | 0.920 ± 0.020 | **0.950 ± 0.026** |" in out  # the best of the row
+    assert summarize.run(summarize.main, [str(tmp_path), "--by", "model",
+                                          "--wide", "layers"]) == 2
+    assert "--wide 'layers'" in capsys.readouterr().err

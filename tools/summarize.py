@@ -12,7 +12,9 @@ skipped). Grouping keys are metrics.json keys (layers, truncate, strategy, label
 imagenet / state_dict. A fusion run gives one row per variant: ``fusion(a+b)``, ``a alone``,
 ``b alone``, ``late fusion``. ``--paired KEY=VALUE ...`` adds, for each group, the per-seed
 differences to the group with those values (same other keys), their mean and the paired t-test
-p-value; ``--speed`` the median over a group's runs of their fastest epoch (training images/s).
+p-value; ``--speed`` the median over a group's runs of their fastest epoch (training images/s);
+``--wide KEY`` one more table of test AUC with the values of KEY (one of ``--by``) as columns,
+the best of each row in bold.
 """
 
 from __future__ import annotations
@@ -107,6 +109,31 @@ def paired_markdown(df: pd.DataFrame, by: Sequence[str], reference: dict[str, st
     return "\n".join(lines)
 
 
+def wide_markdown(rows: pd.DataFrame, by: Sequence[str], column: str,
+                  metric: str = "test_auc") -> str:
+    """Mean ± std of ``metric`` with the values of ``column`` as columns and the other ``by``
+    keys as rows; the best mean of each row in bold."""
+    rest = [k for k in by if k != column]
+    cols = list(dict.fromkeys(rows[column]))
+    name = metric.replace("_", " ").replace("auc", "AUC").replace("acc", "ACC")
+    lines = [f"\n{name}, mean ± std over seeds (bold: the best of the row)\n",
+             "| " + " | ".join([*rest, *cols]) + " |", "|" + "---|" * (len(rest) + len(cols))]
+    for key, g in rows.groupby(rest, sort=False) if rest else [((), rows)]:
+        key = key if isinstance(key, tuple) else (key,)
+        g = g.set_index(column)
+        best = g[f"{metric}_mean"].max()
+        cells = []
+        for c in cols:
+            if c not in g.index:
+                cells.append("")
+                continue
+            text = f"{g.at[c, f'{metric}_mean']:.3f} ± {g.at[c, f'{metric}_std']:.3f}"
+            cells.append(f"**{text}**" if g.at[c, f"{metric}_mean"] == best and len(g) > 1
+                         else text)
+        lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: pd.DataFrame, by: Sequence[str], path: str) -> None:
     """Grouped bars of test AUC and ACC (mean, error bar = std over seeds): one colour per value
     of the first ``--by`` key, one group of bars per combination of the others."""
@@ -154,6 +181,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="compare each group with this one, paired by seed")
     parser.add_argument("--speed", action="store_true",
                         help="add the median peak training images/s of each group")
+    parser.add_argument("--wide", metavar="KEY",
+                        help="also print test AUC with KEY's values (a --by key) as columns")
     parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     parser.add_argument("--plot", metavar="FILE.png",
                         help="also draw test AUC/ACC bars (colour: the first --by key)")
@@ -168,6 +197,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if bad:
             raise UserError(f"--paired {bad[0]!r}: give KEY=VALUE with KEY one of the --by keys")
         print(paired_markdown(df, args.by, reference))
+    if args.wide:
+        if args.wide not in args.by:
+            raise UserError(f"--wide {args.wide!r}: give one of the --by keys "
+                            f"({', '.join(args.by)})")
+        print(wide_markdown(rows, args.by, args.wide))
     if args.csv:
         rows.to_csv(args.csv, index=False)
     if args.plot:
