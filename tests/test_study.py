@@ -197,6 +197,7 @@ def test_report_marks_the_best_and_draws(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "**0.950 ± 0.026" in text  # lp-ft, the best in its row
     assert "| 0-100 | lp | -0.1200 | 3 |" in text  # lp - ft over the 3 paired seeds
+    assert "| lp | 1 | 0 | 1 | 0 | 1 | -0.1200 |" in text  # the tally: below ft, p < 0.05
     assert (tmp_path / "strategies.png") in files
 
 
@@ -245,6 +246,18 @@ def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path
     assert lines == ["resnet50 from scratch", "vgg19_bn from scratch"] * 2
     text = (tmp_path / "results.md").read_text()
     assert "| xray | vgg19_bn | 1 | simclr_vgg19_bn | 0-100 | ft | +0.0000 | 3 |" in text
+
+
+def test_tally_counts_cases_above_and_below_the_reference():
+    from ssl_ft.study.report import tally
+
+    tests = pd.DataFrame({"strategy": ["lp-ft", "lp-ft", "lp-ft", "lp"],
+                          "test_auc_diff": [0.02, 0.01, -0.03, 0.0],
+                          "p": [0.01, 0.3, 0.04, float("nan")]})
+    t = tally(tests).set_index("strategy")
+    assert t.loc["lp-ft"].to_dict() == {"cases": 3, "above": 2, "below": 1, "above_sig": 1,
+                                        "below_sig": 1, "mean_diff": pytest.approx(0.0)}
+    assert t.loc["lp", "above"] == 0 and t.loc["lp", "below"] == 0
 
 
 def test_fusion_experiments_that_share_a_model_stay_apart(tmp_path):

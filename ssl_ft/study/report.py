@@ -16,7 +16,7 @@ import pandas as pd
 from ssl_ft.study.grid import Cell
 
 __all__ = ["collect", "metrics_rows", "p_text", "paired_differences", "paired_tests",
-           "summarize", "write_report"]
+           "summarize", "tally", "write_report"]
 
 METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
 
@@ -126,6 +126,22 @@ def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any
     return pd.DataFrame(rows)
 
 
+def tally(tests: pd.DataFrame, key: str = "strategy", alpha: float = 0.05) -> pd.DataFrame:
+    """Per value of ``key`` in :func:`paired_differences` rows: in how many cases (rows) its mean
+    is above / below the reference, how many of those at p < ``alpha``, and the mean difference
+    over the cases (Davila et al. count "LP-FT beats FT in most cases" this way)."""
+    diff = next(c for c in tests.columns if c.endswith("_diff"))
+    rows = []
+    for value, g in tests.groupby(key, sort=False):
+        sig = g["p"] < alpha  # (NaN p-values compare False)
+        rows.append({key: value, "cases": len(g), "above": int((g[diff] > 0).sum()),
+                     "below": int((g[diff] < 0).sum()),
+                     "above_sig": int((sig & (g[diff] > 0)).sum()),
+                     "below_sig": int((sig & (g[diff] < 0)).sum()),
+                     "mean_diff": float(g[diff].mean())})
+    return pd.DataFrame(rows)
+
+
 def p_text(p: float) -> str:
     """A paired test's p-value for a table: 3 significant digits, blank when undefined (the
     differences were constant, e.g. seeds that coincide)."""
@@ -222,8 +238,16 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
         for metric in ("test_auc", "test_acc"):
             lines += _pivot_md(part, metric, column, bold=kind == "finetune")
     ft = df[df["kind"] == "finetune"]
-    lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", paired_tests(df),
-                        "strategy - ft")
+    tests = paired_tests(df)
+    lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", tests, "strategy - ft")
+    if not tests.empty:
+        lines += ["", "How often each strategy's mean is above / below ft over the cases above "
+                  "(data x arch x labels x model x layers), and how often at p < 0.05 (uncorrected "
+                  "for the number of tests):", "",
+                  "| strategy | cases | above ft | below ft | above, p < 0.05 | below, p < 0.05 "
+                  "| mean ΔAUC |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r.strategy} | {r.cases} | {r.above} | {r.below} | {r.above_sig} | "
+                  f"{r.below_sig} | {r.mean_diff:+.4f} |" for r in tally(tests).itertuples()]
     if ft["selection"].nunique() > 1 and (ft["selection"] == "0-100").any():
         keys = ["data", "arch", "label_fraction", "model", "strategy", "selection"]
         lines += _paired_md("Layer selections against end-to-end fine-tuning (0-100)",
