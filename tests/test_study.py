@@ -227,10 +227,11 @@ def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path
     import matplotlib.axes
 
     rows = []
-    for data in ("xray", "ultrasound"):
+    for data, fraction in (("xray", 0.1), ("ultrasound", 1.0)):
         for arch in ("resnet50", "vgg19_bn"):
             for model, strategies in ((f"simclr_{arch}", ("ft", "lp", "lp-ft")), ("none", ("ft",))):
-                rows += [{**r, "data": data, "arch": arch, "model": model}
+                rows += [{**r, "data": data, "arch": arch, "model": model,
+                          "label_fraction": fraction}
                          for r in _df({s: [0.8, 0.85, 0.9] for s in strategies}).to_dict("records")]
     bars, lines = [], []
     monkeypatch.setattr(matplotlib.axes.Axes, "bar",
@@ -241,11 +242,12 @@ def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path
     files = write_report(pd.DataFrame(rows), tmp_path, "strategies")
     names = {f.name for f in files}
     assert "strategies.png" in names and "heatmap.png" not in names  # one layer selection
+    assert "label_fractions.png" not in names  # one label fraction per dataset: no curves
     # a panel per dataset; in each, one bar series per pretrained model, scratch as a line
     assert bars == ["resnet50 simclr_resnet50", "vgg19_bn simclr_vgg19_bn"] * 2
     assert lines == ["resnet50 from scratch", "vgg19_bn from scratch"] * 2
     text = (tmp_path / "results.md").read_text()
-    assert "| xray | vgg19_bn | 1 | simclr_vgg19_bn | 0-100 | ft | +0.0000 | 3 |" in text
+    assert "| xray | vgg19_bn | 0.1 | simclr_vgg19_bn | 0-100 | ft | +0.0000 | 3 |" in text
 
 
 def test_tally_counts_cases_above_and_below_the_reference():

@@ -51,7 +51,7 @@ def draw_figures(s: pd.DataFrame, out: Path) -> list[Path]:
             files.append(_heatmap(heat, out / "heatmap.png", main_strategy))
         if ft["strategy"].nunique() > 1:
             files.append(_strategies(ft, out / "strategies.png"))
-        if ft["label_fraction"].nunique() > 1:
+        if ft.groupby("data")["label_fraction"].nunique().max() > 1:  # (not one per dataset)
             files.append(_fractions(ft, out / "label_fractions.png"))
     fu = s[s["kind"] == "ensemble"]
     if not fu.empty:
