@@ -59,6 +59,13 @@ def draw_figures(s: pd.DataFrame, out: Path) -> list[Path]:
     return files
 
 
+def _scratch_split(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the from-scratch rows, model ``none``, drawn as baselines; the other rows). A study of
+    from-scratch cells only has no baseline to draw: all its rows are the other rows."""
+    none = df["model"] == "none"
+    return (df.iloc[:0], df) if none.all() else (df[none], df[~none])
+
+
 def _heatmap(df: pd.DataFrame, path: Path, strategy: str) -> Path:
     groups = list(df.groupby(["data", "arch", "label_fraction"], sort=False))
     plt, fig, axes = _panels(len(groups), w=5.2, h=0.9 + 0.55 * df["model"].nunique())
@@ -89,15 +96,14 @@ def _strategies(df: pd.DataFrame, path: Path) -> Path:
     architecture / model (and layer selection when the study varies it); the from-scratch cells
     (model ``none``) as a dashed line in their architecture's colour."""
     groups = list(df.groupby(["data", "label_fraction"], sort=False))
-    scratch = df[df["model"] == "none"]
-    models = df[df["model"] != "none"] if len(scratch) < len(df) else df
+    scratch, models = _scratch_split(df)
     keys = ["arch", "model"] + (["selection"] if models["selection"].nunique() > 1 else [])
     hues = list(dict.fromkeys(models[keys].astype(str).agg(" ".join, axis=1)))
     arch_colour = {a: f"C{hues.index(next(h for h in hues if h.startswith(a + ' '))) % 10}"
                    for a in dict.fromkeys(models["arch"])}
     plt, fig, axes = _panels(len(groups), w=max(5.0, 0.5 * models["strategy"].nunique() + 1.5))
     for ax, (key, g) in zip(axes, groups, strict=False):
-        m = g[g["model"] != "none"] if len(scratch) < len(df) else g
+        m = g[g.index.isin(models.index)]
         label = m[keys].astype(str).agg(" ".join, axis=1)
         strategies = list(dict.fromkeys(m["strategy"]))
         width = 0.8 / len(hues)
@@ -106,10 +112,9 @@ def _strategies(df: pd.DataFrame, path: Path) -> Path:
             ax.bar(np.arange(len(strategies)) + (j - (len(hues) - 1) / 2) * width,
                    h["test_auc_mean"], width, yerr=h["test_auc_std"], capsize=1.5, label=hue,
                    color=f"C{j % 10}")
-        for r in g[g["model"] == "none"].itertuples():
-            if len(scratch) < len(df):
-                ax.axhline(r.test_auc_mean, color=arch_colour.get(r.arch, "black"),
-                           linestyle="--", linewidth=1, label=f"{r.arch} from scratch")
+        for r in g[g.index.isin(scratch.index)].itertuples():
+            ax.axhline(r.test_auc_mean, color=arch_colour.get(r.arch, "black"),
+                       linestyle="--", linewidth=1, label=f"{r.arch} from scratch")
         ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
         low = np.nanmin(g["test_auc_mean"] - g["test_auc_std"].fillna(0))
         ax.set_ylim(max(0.0, low - 0.02), 1.0)
@@ -129,8 +134,7 @@ def _fractions(df: pd.DataFrame, path: Path) -> Path:
     """One panel per dataset / architecture / pretrained model, one line per layer selection
     (and strategy), the same colour for the same selection in every panel; the from-scratch
     cells (model ``none``) as a dashed black line in each panel of their dataset."""
-    scratch = df[df["model"] == "none"]
-    models = df[df["model"] != "none"] if len(scratch) < len(df) else df
+    scratch, models = _scratch_split(df)
     groups = list(models.groupby(["data", "arch", "model"], sort=False))
     lines = list(dict.fromkeys(zip(models["selection"], models["strategy"], strict=True)))
     plt, fig, axes = _panels(len(groups), w=4.2, h=3.4)
@@ -145,7 +149,7 @@ def _fractions(df: pd.DataFrame, path: Path) -> Path:
                         marker="o", capsize=2, color=f"C{j % 10}",
                         label=line[0] if models["strategy"].nunique() == 1 else " ".join(line))
         base = scratch[(scratch["data"] == key[0]) & (scratch["arch"] == key[1])]
-        if len(base) and key[2] != "none":  # (a study of scratch cells only: no twin line)
+        if len(base):
             base = base.sort_values("label_fraction")
             ax.errorbar(base["label_fraction"], base["test_auc_mean"], yerr=base["test_auc_std"],
                         color="black", linestyle="--", marker="s", capsize=2,
