@@ -36,6 +36,8 @@ class ProbeResult:
     val: dict
     test: dict
     seed: int
+    image_size: int = 0
+    channels: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -52,11 +54,15 @@ def linear_probe(
     seed: int = 0,
     label_fraction: float = 1.0,
     limit: int | None = None,
+    size: int | None = None,
+    channels: int | None = None,
     c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
     device: str = "cpu",
 ) -> ProbeResult:
     """Probe a checkpoint (or, with ``checkpoint=None``, a randomly initialised ``arch``
-    seeded by ``seed``) on ``data``. ``truncate`` probes the pooled output at that depth."""
+    seeded by ``seed``) on ``data``. ``truncate`` probes the pooled output at that depth;
+    ``size`` and ``channels`` resize / convert the images as in fine-tuning (default: the
+    data's size, the checkpoint's channels, else the data's)."""
     from sklearn.preprocessing import StandardScaler
 
     meta = load_checkpoint(checkpoint).meta if checkpoint else {}
@@ -67,7 +73,8 @@ def linear_probe(
         raise UserError(f"checkpoint {checkpoint} holds a {meta['arch']}, not a {arch}")
     stem = stem or meta.get("stem", "standard")
     splits = load_data(data, data_root=data_root, label_fraction=label_fraction, limit=limit,
-                       seed=seed, channels=meta.get("in_chans"))
+                       seed=seed, size=size,
+                       channels=channels or meta.get("in_chans"))
     info = splits.info
     torch.manual_seed(seed)
     backbone = create_backbone(arch, in_chans=info.n_channels, stem=stem,
@@ -90,7 +97,8 @@ def linear_probe(
     test = classification_metrics(splits.labels["test"], test_probs,
                                   info.task, list(info.label_names))
     return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
-                       c, {"auc": val["auc"], "acc": val["acc"]}, test, seed)
+                       c, {"auc": val["auc"], "acc": val["acc"]}, test, seed,
+                       int(info.image_size), int(info.n_channels))
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,

@@ -27,6 +27,20 @@ def test_probe_tool_random_init(data_root, tmp_path, capsys, tool):
     assert results[0]["test"]["auc"] != results[1]["test"]["auc"]
 
 
+def test_probe_tool_resizes_and_converts_like_finetuning(data_root, tmp_path, tool):
+    # HAM10000 is stored as 64 px RGB; the Davila study fine-tunes it at 28 px in grey
+    out = tmp_path / "probe.json"
+    code = run(tool("probe").main, ["--checkpoint", "none", "--arch", "resnet18", "--data",
+                                    "ham10000_dermoscopy_unique_lesion_64", "--data-root",
+                                    str(data_root), "--size", "28", "--channels", "1",
+                                    "--limit", "120", "--out", str(out)])
+    assert code == 0
+    (r,) = json.loads(out.read_text())
+    assert (r["image_size"], r["channels"]) == (28, 1)
+    assert sum(c["n"] for c in r["test"]["per_class"].values()) == 120
+    assert len(r["test"]["per_class"]) == 7
+
+
 def test_probe_tool_needs_arch_without_checkpoint(data_root, capsys, tool):
     code = run(tool("probe").main, ["--checkpoint", "none", "--data", "breastmnist",
                               "--data-root", str(data_root)])

@@ -28,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--truncate", type=float, default=100, help="probe the output at this depth %%")
     p.add_argument("--label-fraction", type=float, default=1.0)
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--size", type=int, default=None,
+                   help="resize the images to this side (default: the data's size)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="convert the images to 1 or 3 channels (default: the checkpoint's)")
     p.add_argument("--seed", type=int, action="append",
                    help="seed (random init and label subset); repeat for several")
     p.add_argument("--out", help="write the results as JSON here")
@@ -42,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for seed in args.seed or [0]:
         r = linear_probe(ckpt, args.data, arch=args.arch, stem=args.stem,
                          data_root=args.data_root, truncate=args.truncate, seed=seed,
-                         label_fraction=args.label_fraction, limit=args.limit)
+                         label_fraction=args.label_fraction, limit=args.limit,
+                         size=args.size, channels=args.channels)
         results.append(r.as_dict())
         print(f"seed {seed}: val AUC {r.val['auc']:.4f} ACC {r.val['acc']:.4f} | "
               f"test AUC {r.test['auc']:.4f} ACC {r.test['acc']:.4f} (C={r.C:g})")
