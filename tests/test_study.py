@@ -233,9 +233,15 @@ def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path
                 rows += [{**r, "data": data, "arch": arch, "model": model,
                           "label_fraction": fraction}
                          for r in _df({s: [0.8, 0.85, 0.9] for s in strategies}).to_dict("records")]
-    bars, lines = [], []
+    import matplotlib.figure
+
+    bars, lines, legends = [], [], []
+    real_bar = matplotlib.axes.Axes.bar
     monkeypatch.setattr(matplotlib.axes.Axes, "bar",
-                        lambda self, x, *a, **k: bars.append(k["label"]) or None)
+                        lambda self, x, *a, **k: bars.append(k["label"]) or real_bar(self, x, *a, **k))
+    real_legend = matplotlib.figure.Figure.legend
+    monkeypatch.setattr(matplotlib.figure.Figure, "legend",
+                        lambda self, h, lab, **k: legends.append(list(lab)) or real_legend(self, h, lab, **k))
     real_axhline = matplotlib.axes.Axes.axhline
     monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
                         lambda self, y=0, **k: lines.append(k["label"]) or real_axhline(self, y, **k))
@@ -246,6 +252,10 @@ def test_strategy_study_draws_bars_per_dataset_not_a_one_column_heatmap(tmp_path
     # a panel per dataset; in each, one bar series per pretrained model, scratch as a line
     assert bars == ["resnet50 simclr_resnet50", "vgg19_bn simclr_vgg19_bn"] * 2
     assert lines == ["resnet50 from scratch", "vgg19_bn from scratch"] * 2
+    # one legend beside the panels (inside the first one it hid bars), each entry once
+    assert len(legends) == 1 and sorted(legends[0]) == [
+        "resnet50 from scratch", "resnet50 simclr_resnet50",
+        "vgg19_bn from scratch", "vgg19_bn simclr_vgg19_bn"]
     text = (tmp_path / "results.md").read_text()
     assert "| xray | vgg19_bn | 0.1 | simclr_vgg19_bn | 0-100 | ft | +0.0000 | 3 |" in text
 

@@ -121,10 +121,14 @@ def _strategies(df: pd.DataFrame, path: Path) -> Path:
         ax.set_ylabel("test AUC (mean ± std)")
         ax.set_title(f"{key[0]}, labels {key[1]:g}", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower left")
+    legend = {}  # one entry per label over all panels, outside them (it hid bars inside)
+    for ax in axes:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.set_figwidth(fig.get_figwidth() + 2.4)
+    fig.legend(legend.values(), legend.keys(), fontsize=7, loc="center right")
     fig.suptitle("test AUC per fine-tuning strategy; dashed: the same training from scratch",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
