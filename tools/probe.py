@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=None,
                    help="resize the images to this side (default: the data's size)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help="convert the images to 1 or 3 channels (default: the checkpoint's)")
+                   help="convert the images to 1 or 3 channels (default: the checkpoint's, else the data's)")
     p.add_argument("--seed", type=int, action="append",
                    help="seed (random init and label subset); repeat for several")
     p.add_argument("--out", help="write the results as JSON here")

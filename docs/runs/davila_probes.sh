@@ -31,11 +31,11 @@ python - "$OUT" <<'PY'
 import json, sys, pathlib, statistics as st
 rows = {}
 for f in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
-    src, rest = f.stem.split("_", 1)
-    arch = next(a for a in ("resnet50", "densenet121", "vgg19_bn") if rest.startswith(a))
-    data = rest[len(arch) + 1:]
-    auc = [r["test"]["auc"] for r in json.loads(f.read_text())]
-    rows.setdefault((data, arch), {})[src] = f"{st.mean(auc):.3f} ± {st.stdev(auc):.3f}"
+    runs = json.loads(f.read_text())  # one probe result per seed, each naming its inputs
+    src = "none" if runs[0]["checkpoint"] == "none" else "simclr"
+    auc = [r["test"]["auc"] for r in runs]
+    rows.setdefault((runs[0]["data"], runs[0]["arch"]), {})[src] = \
+        f"{st.mean(auc):.3f} ± {st.stdev(auc):.3f}"
 print("| data | arch | SimCLR source | random init |\n|---|---|---|---|")
 for (data, arch), v in sorted(rows.items()):
     print(f"| {data} | {arch} | {v.get('simclr', '')} | {v.get('none', '')} |")

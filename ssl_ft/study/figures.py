@@ -124,11 +124,12 @@ def _strategies(df: pd.DataFrame, path: Path) -> Path:
     legend = {}  # one entry per label over all panels, outside them (it hid bars inside)
     for ax in axes:
         legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.set_figwidth(fig.get_figwidth() + 2.4)
+    legend_w = 2.4  # inches added on the right for the legend
+    fig.set_figwidth(fig.get_figwidth() + legend_w)
     fig.legend(legend.values(), legend.keys(), fontsize=7, loc="center right")
     fig.suptitle("test AUC per fine-tuning strategy; dashed: the same training from scratch",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
+    fig.tight_layout(rect=(0, 0, 1 - legend_w / fig.get_figwidth(), 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
