@@ -22,6 +22,7 @@ from ssl_ft.errors import UserError
 __all__ = [
     "Dist",
     "autocast",
+    "available_cores",
     "cleanup_distributed",
     "distributed",
     "init_distributed",
@@ -130,12 +131,32 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+def available_cores() -> int:
+    """The cores this process may use, as a scheduler or user set them: ``OMP_NUM_THREADS``,
+    then ``SLURM_CPUS_PER_TASK``, then the process's CPU affinity (``taskset``, cgroups), then
+    the machine's core count."""
+    for var in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            try:
+                n = int(value.split(",")[0])
+            except ValueError:
+                raise UserError(f"{var}={value!r} is not a whole number of threads") from None
+            if n < 1:
+                raise UserError(f"{var}={value!r} must be >= 1")
+            return n
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def set_threads(threads: int | None, dist: Dist) -> int:
-    """Intra-op threads: the given number, or the cores shared among local processes (two
-    busy processes with two threads each on two cores run 20x slower than one)."""
+    """Intra-op threads: the given number, or :func:`available_cores` shared among the local
+    processes (two busy processes with two threads each on two cores run 10-20x slower than
+    one, so a default never oversubscribes the cores this process was given)."""
     if threads is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
-        threads = max(1, (os.cpu_count() or 1) // max(1, local))
+        threads = max(1, available_cores() // max(1, local))
     if threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)

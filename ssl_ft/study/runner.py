@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
-import os
 import sys
 import time
 import traceback
@@ -22,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssl_ft.errors import UserError
+from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
 
 __all__ = ["check_inputs", "is_done", "prune", "run_cell", "run_study"]
@@ -127,7 +127,7 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
     Missing inputs stop the study before the first cell (:func:`check_inputs`)."""
     check_inputs(study, cells)
     workers = workers or study.workers
-    threads = study.threads or max(1, (os.cpu_count() or 1) // workers)
+    threads = study.threads or max(1, available_cores() // workers)
     todo = [c for c in cells if not is_done(c, study.out)]
     for cell in cells:  # also cells that finished just before a kill
         prune(cell, study.out, study.keep)
