@@ -9,6 +9,7 @@ with MedMNIST conventions.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 from ssl_ft.checkpoint import load_checkpoint
 from ssl_ft.data import load_data
 from ssl_ft.errors import UserError
+from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import DepthMap, check_input_size, create_backbone
 from ssl_ft.pretrain.evaluate import extract_features, padded_proba
@@ -58,6 +60,7 @@ def linear_probe(
     channels: int | None = None,
     c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
     device: str = "cpu",
+    allow_overlap: bool = False,
 ) -> ProbeResult:
     """Probe a checkpoint (or, with ``checkpoint=None``, a randomly initialised ``arch``
     seeded by ``seed``) on ``data``. ``truncate`` probes the pooled output at that depth;
@@ -76,6 +79,9 @@ def linear_probe(
                        seed=seed, size=size,
                        channels=channels or meta.get("in_chans"))
     info = splits.info
+    guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
+                     allow=allow_overlap,
+                     warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     torch.manual_seed(seed)
     backbone = create_backbone(arch, in_chans=info.n_channels, stem=stem,
                                weights=str(checkpoint) if checkpoint else "none")

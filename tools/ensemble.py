@@ -37,6 +37,9 @@ FLAGS: dict[str, dict] = {
     "--seed": dict(type=int),
     "--out": dict(metavar="DIR"),
     "--device": dict(help="auto, cpu, cuda or cuda:N"),
+    "--allow-overlap": dict(action="store_const", const="true",
+                            help="run even if a checkpoint was pretrained on images of this "
+                                 "data's val/test splits (refused by default)"),
 }
 
 

@@ -35,6 +35,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, action="append",
                    help="seed (random init and label subset); repeat for several")
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--allow-overlap", action="store_true",
+                   help="probe even if the checkpoint was pretrained on images of this data's "
+                        "val/test splits (refused by default)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -47,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         r = linear_probe(ckpt, args.data, arch=args.arch, stem=args.stem,
                          data_root=args.data_root, truncate=args.truncate, seed=seed,
                          label_fraction=args.label_fraction, limit=args.limit,
-                         size=args.size, channels=args.channels)
+                         size=args.size, channels=args.channels,
+                         allow_overlap=args.allow_overlap)
         results.append(r.as_dict())
         print(f"seed {seed}: val AUC {r.val['auc']:.4f} ACC {r.val['acc']:.4f} | "
               f"test AUC {r.test['auc']:.4f} ACC {r.test['acc']:.4f} (C={r.C:g})")

@@ -33,6 +33,7 @@ class EnsembleConfig:
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = None
+    allow_overlap: bool = False    # run even if pretraining saw val/test images (ssl_ft.leakage)
 
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction <= 1:

@@ -40,6 +40,7 @@ from ssl_ft.ensemble.members import (
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
 from ssl_ft.finetune.steps import lr_at, train_mode
+from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
 from ssl_ft.probe import fit_probe
@@ -177,6 +178,10 @@ def ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
     members = load_members(cfg)
     splits = members[0].splits
     info, labels = splits.info, splits.labels
+    for m in members:
+        guard_checkpoint(m.checkpoint, m.splits.images, target=info.name,
+                         allow=cfg.allow_overlap,
+                         warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if cfg.strategy != "lp" and len({m.splits.info.n_channels for m in members}) > 1:
         raise UserError("joint fine-tuning needs models with the same input channels; use "
                         "strategy lp")

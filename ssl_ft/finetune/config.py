@@ -32,6 +32,7 @@ class FinetuneConfig:
     limit: int | None = None       # at most this many images per split (quick runs)
     download: bool = False
     normalization: Literal["checkpoint", "data", "imagenet"] = "checkpoint"
+    allow_overlap: bool = False    # run even if pretraining saw val/test images (ssl_ft.leakage)
     # what to train
     layers: str = "0-100"          # A-B: train the units whose depth lies in (A, B]
     truncate: float = 100          # keep the units at depth <= P, drop the rest

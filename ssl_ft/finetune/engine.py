@@ -44,6 +44,7 @@ from ssl_ft.finetune.model import (
 )
 from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
+from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
@@ -80,6 +81,7 @@ class Prepared:
     selection: Selection
     strategy: Strategy
     source: dict[str, Any]
+    leakage: dict[str, Any] | None = None
 
     @property
     def trainable_params(self) -> dict[str, int]:
@@ -113,6 +115,8 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
                        label_fraction=cfg.label_fraction, limit=cfg.limit, seed=cfg.seed,
                        download=cfg.download)
     info = splits.info
+    leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
+                            allow=cfg.allow_overlap, warn=_warn)
     backbone, source = build_backbone(cfg.checkpoint, info, arch=cfg.arch, stem=cfg.stem,
                                       normalization=cfg.normalization)
     depth_map = DepthMap.from_backbone(backbone, cfg.depth_unit)
@@ -124,7 +128,12 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
                           tuple(source["std"]))
     selected = [u.index for u in selection.trained]
     strategy = strategy_cls(model, selected, cfg.epochs, strategy_cfg)
-    return Prepared(cfg, splits, model, selection, strategy, source)
+    return Prepared(cfg, splits, model, selection, strategy, source,
+                    leak.as_dict() if leak else None)
+
+
+def _warn(msg: str) -> None:
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
@@ -337,7 +346,7 @@ def _finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
         "n_train": len(p.splits.labels["train"]), "depth_unit": p.selection.depth_map.rule,
         "units": [{"name": u.name, "depth": float(u.depth), "params": u.params, "status": s}
                   for u, s in zip(p.selection.depth_map.units, p.selection.status, strict=True)],
-        "history": history, "recipe": to_dict(cfg),
+        "history": history, "recipe": to_dict(cfg), "leakage": p.leakage,
     }
     write_json(out / "metrics.json", metrics)
     print(f"best epoch {best['epoch']}: val AUC {results['val']['auc']:.4f} ACC "

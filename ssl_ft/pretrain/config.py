@@ -11,14 +11,28 @@ from typing import Any, Literal
 
 from ssl_ft.augment import AugmentConfig
 
-__all__ = ["DataConfig", "EvalConfig", "ModelConfig", "PretrainConfig", "TrainConfig"]
+__all__ = ["DataConfig", "EvalConfig", "ModelConfig", "PretrainConfig", "SourceConfig",
+           "TrainConfig"]
+
+
+@dataclass
+class SourceConfig:
+    """One source of a pretraining pool with its sampling weight (see :mod:`ssl_ft.data.pool`)."""
+
+    name: str
+    weight: float = 1.0
 
 
 @dataclass
 class DataConfig:
-    """Which images to pretrain on (the ``train`` split; labels are not used for training)."""
+    """Which images to pretrain on (``train`` splits only; labels are not used for training).
 
-    name: str = "pneumoniamnist"   # a MedMNIST name, an .npz name in the root, a path or a folder
+    ``name`` is one ``DATA`` or a list of them (strings or ``{name, weight}``): the train splits
+    of every source are pooled at one ``size`` and ``channels`` (:mod:`ssl_ft.data.pool`).
+    """
+
+    name: str | list[str | SourceConfig] = "pneumoniamnist"   # DATA, or a list to pool
+    exclude: list[str] = field(default_factory=list)  # drop images matching their val/test splits
     root: str | None = None        # data root; else $SSL_FT_DATA, else ~/.medmnist
     size: int | None = None        # resize to size x size (default: the data's own size)
     channels: int | None = None    # 1 or 3 (default: the data's own)
@@ -68,6 +82,7 @@ class EvalConfig:
     k: int = 20                    # kNN neighbours (Wu et al. 2018 weighted vote)
     temperature: float = 0.07
     limit: int | None = 2000       # labelled train images used as the kNN bank / probe data
+    data: str | None = None        # labelled DATA to evaluate on (default: the first source)
 
 
 @dataclass

@@ -34,12 +34,14 @@ from tqdm import tqdm
 from ssl_ft.augment import BatchAugment
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
-from ssl_ft.data import ArraySplits, DataInfo, load_data, subsample
+from ssl_ft.data import ArraySplits, DataInfo, subsample
 from ssl_ft.errors import UserError
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
+from ssl_ft.pretrain.data import PretrainData, WeightedEpochSampler, load_pretrain_data
 from ssl_ft.pretrain.evaluate import extract_features, probe
+from ssl_ft.pretrain.summary import best_epoch, run_summary
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -69,9 +71,9 @@ def method_config(cfg: PretrainConfig, where: str = "recipe") -> Any:
     return from_dict(cls.Config, cfg.method_args, where=where, prefix="method_args.")
 
 
-def build_method(cfg: PretrainConfig, splits: ArraySplits) -> SSLMethod:
-    """Backbone + augmentation + SSL method for the data in ``splits``."""
-    info = splits.info
+def build_method(cfg: PretrainConfig, data: ArraySplits | DataInfo) -> SSLMethod:
+    """Backbone + augmentation + SSL method for images described by ``data`` (its info)."""
+    info = data.info if isinstance(data, ArraySplits) else data
     backbone = create_backbone(cfg.model.arch, in_chans=info.n_channels, stem=cfg.model.stem,
                                weights=cfg.model.weights)
     check_input_size(backbone, info.image_size)
@@ -141,11 +143,13 @@ def train_one_epoch(
 
 
 def evaluate(method: SSLMethod, splits: ArraySplits, cfg: PretrainConfig, device: torch.device,
-             precision: str) -> dict[str, float]:
-    """kNN or linear-probe AUC/ACC of the frozen backbone on the validation split."""
+             precision: str, norm: DataInfo | None = None) -> dict[str, float]:
+    """kNN or linear-probe AUC/ACC of the frozen backbone on the validation split of
+    ``splits``, with the pretraining input normalisation ``norm`` (default: ``splits``')."""
     info = splits.info
+    norm = norm or info
     idx = subsample(splits.labels["train"], limit=cfg.eval.limit, seed=cfg.seed)
-    kw = dict(max_value=info.max_value, mean=info.mean, std=info.std, device=device,
+    kw = dict(max_value=info.max_value, mean=norm.mean, std=norm.std, device=device,
               precision=precision)
     bank = extract_features(method.backbone, splits.images["train"][idx], **kw)
     query = extract_features(method.backbone, splits.images["val"], **kw)
@@ -155,8 +159,9 @@ def evaluate(method: SSLMethod, splits: ArraySplits, cfg: PretrainConfig, device
     return {f"{cfg.eval.method}_auc": res["auc"], f"{cfg.eval.method}_acc": res["acc"]}
 
 
-def _meta(cfg: PretrainConfig, method: SSLMethod, splits: ArraySplits, epoch: int) -> dict:
-    info = splits.info
+def _meta(cfg: PretrainConfig, method: SSLMethod, data: PretrainData, epoch: int,
+          precision: str) -> dict:
+    info = data.info
     return {
         "method": cfg.method,
         "family": method.family,
@@ -169,6 +174,8 @@ def _meta(cfg: PretrainConfig, method: SSLMethod, splits: ArraySplits, epoch: in
         "recipe": resolved_recipe(cfg, info),
         "data": info.name,
         "data_fingerprint": info.fingerprint,
+        "sources": data.pool.sources,
+        "precision": precision,
         "epoch": epoch,
     }
 
@@ -216,19 +223,20 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
-    d = cfg.data
-    splits = load_data(d.name, data_root=d.root, size=d.size, channels=d.channels, limit=d.limit,
-                       seed=cfg.seed, download=d.download)
-    method = build_method(cfg, splits).to(device)
+    data = load_pretrain_data(cfg)
+    info = data.info
+    method = build_method(cfg, info).to(device)
     optimizer = _optimizer(cfg, method)
-    images = splits.images["train"]
+    images = data.images
     tensor = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
     per_rank = max(1, cfg.train.batch_size // dist.world_size)
     if len(tensor) // dist.world_size < per_rank:
         raise UserError(f"train.batch_size {cfg.train.batch_size} is larger than the "
-                        f"{len(tensor)} training images of {d.name}")
-    sampler = DistributedSampler(TensorDataset(tensor), num_replicas=dist.world_size,
-                                 rank=dist.rank, shuffle=True, seed=cfg.seed)
+                        f"{len(tensor)} training images of {info.name}")
+    sampler = (DistributedSampler(TensorDataset(tensor), num_replicas=dist.world_size,
+                                  rank=dist.rank, shuffle=True, seed=cfg.seed)
+               if data.pool.uniform else
+               WeightedEpochSampler(data.pool.weights, cfg.seed, dist.rank, dist.world_size))
     loader = DataLoader(TensorDataset(tensor), batch_size=per_rank, sampler=sampler,
                         drop_last=True, pin_memory=device.type == "cuda")
     steps_per_epoch = len(loader)
@@ -260,21 +268,23 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     writer = None
     if dist.is_main:
         make_run_folder(out)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
+        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, info),
                                                           sort_keys=False))
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
-        print(f"pretraining {cfg.method} on {splits.info.name}: {len(tensor)} images "
-              f"{splits.info.image_size}px x{splits.info.n_channels}, {cfg.model.arch} "
+        print(f"pretraining {cfg.method} on {info.name}: {len(tensor)} images "
+              f"{info.image_size}px x{info.n_channels}, {cfg.model.arch} "
               f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
     show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-    if start_epoch == 0 and cfg.eval.every and dist.is_main:  # the baseline to improve on
-        before = evaluate(method, splits, cfg, device, precision)
+    scoring = cfg.eval.every and data.eval is not None
+    if start_epoch == 0 and scoring and dist.is_main:  # the baseline to improve on
+        before = evaluate(method, data.eval, cfg, device, precision, info)
         for key, value in before.items():
             writer.add_scalar(f"epoch/{key}", value, 0)
+        history.append({**before, "epoch": 0})
         print("epoch 0 (before training)  " + "  ".join(f"{k} {v:.4g}" for k, v in
                                                         before.items()), file=sys.stderr)
     for epoch in range(start_epoch, cfg.train.epochs):
@@ -283,19 +293,19 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         step, stats = train_one_epoch(
             model, method, loader, optimizer, epoch=epoch, step=step, total_steps=total,
             lr_fn=lr_fn, device=device, precision=precision,
-            max_value=splits.info.max_value, writer=writer, show_progress=show)
+            max_value=info.max_value, writer=writer, show_progress=show)
         last_epoch = epoch + 1 == cfg.train.epochs
-        if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
+        if scoring and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
             if dist.is_main:
-                stats.update(evaluate(method, splits, cfg, device, precision))
-                _log_images(writer, method, tensor, splits.info.max_value, device, epoch)
+                stats.update(evaluate(method, data.eval, cfg, device, precision, info))
+                _log_images(writer, method, tensor, info.max_value, device, epoch)
             if dist.enabled:
                 torch.distributed.barrier()
         stats["epoch"] = epoch + 1
         history.append(stats)
         if dist.is_main:
-            _end_of_epoch(cfg, method, optimizer, splits, out, epoch + 1, step, history,
-                          writer, last_epoch)
+            _end_of_epoch(cfg, method, optimizer, data, out, epoch + 1, step, history,
+                          writer, last_epoch, precision)
     if writer is not None:
         writer.close()
     return out
@@ -312,8 +322,8 @@ def _log_images(writer: Any, method: SSLMethod, tensor: torch.Tensor, max_value:
 
 
 def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
-                  splits: ArraySplits, out: Path, epoch: int, step: int, history: list[dict],
-                  writer: Any, last_epoch: bool) -> None:
+                  data: PretrainData, out: Path, epoch: int, step: int, history: list[dict],
+                  writer: Any, last_epoch: bool, precision: str) -> None:
     stats = history[-1]
     for key, value in stats.items():
         if key != "epoch" and writer is not None:
@@ -322,17 +332,24 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
         fh.write(json.dumps(stats) + "\n")
     shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch")
     print(f"epoch {epoch}/{cfg.train.epochs}  {shown}", file=sys.stderr)
-    meta = _meta(cfg, method, splits, epoch)
+    meta = _meta(cfg, method, data, epoch, precision)
     backbone = method.backbone.state_dict()
     heads = _head_state(method)
+    seen = {"seen_codes": torch.from_numpy(data.pool.codes)}
     save_checkpoint(out / "last.pt", backbone, meta, extra={
         "method_state": heads, "method_extra": method.extra_state(),
         "optimizer": optimizer.state_dict(), "step": step,
-        "history": [json.dumps(h) for h in history],
+        "history": [json.dumps(h) for h in history], **seen,
     })
     if cfg.train.save_every and epoch % cfg.train.save_every == 0:
         save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
-                        extra={"method_state": heads})
+                        extra={"method_state": heads, **seen})
+    best = best_epoch(history, f"{cfg.eval.method}_auc")
+    if best is not None and best["epoch"] == epoch:
+        save_checkpoint(out / "best.pt", backbone, meta, extra={"method_state": heads, **seen})
     if last_epoch:
-        save_checkpoint(out / "checkpoint.pt", backbone, meta, extra={"method_state": heads})
+        save_checkpoint(out / "checkpoint.pt", backbone, meta, extra={"method_state": heads, **seen})
         print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
+        summary = run_summary(history, f"{cfg.eval.method}_auc")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(summary["text"], file=sys.stderr)

@@ -50,6 +50,7 @@ def check_inputs(study: Study, cells: list[Cell]) -> None:
 
     made = {str(c.folder(study.out) / "checkpoint.pt") for c in cells if c.kind == "pretrain"}
     problems: dict[str, list[str]] = {}
+    leaks: dict[tuple, str | None] = {}
     seen: dict[tuple, str | None] = {}
 
     def data_ok(cell: Cell, data: str, root: str | None, size: int | None, download: bool) -> None:
@@ -69,7 +70,9 @@ def check_inputs(study: Study, cells: list[Cell]) -> None:
         cfg = cell.config
         if cell.kind == "pretrain":
             d = load_pretrain_recipe(cfg["recipe"], cfg["overrides"]).data
-            data_ok(cell, d.name, d.root, d.size, d.download)
+            for name in (d.name if isinstance(d.name, list) else [d.name]):
+                data_ok(cell, name if isinstance(name, str) else name.name, d.root, d.size,
+                        d.download)
             continue
         data_ok(cell, str(cfg.get("data", "pneumoniamnist")), cfg.get("data_root"),
                 cfg.get("size"), bool(cfg.get("download", False)))
@@ -77,10 +80,31 @@ def check_inputs(study: Study, cells: list[Cell]) -> None:
         for path in map(str, paths):
             if path not in ("none", "imagenet") and path not in made and not Path(path).is_file():
                 problems.setdefault(f"checkpoint not found: {path}", []).append(cell.id)
+            elif Path(path).is_file() and not cfg.get("allow_overlap"):
+                err = _leak_problem(path, cfg, leaks)
+                if err:
+                    problems.setdefault(err, []).append(cell.id)
     if problems:
         first, ids = next(iter(problems.items()))
         more = f"; {len(problems) - 1} more missing input(s)" if len(problems) > 1 else ""
         raise UserError(f"{first} (needed by {len(ids)} cell(s), e.g. {ids[0]}){more}")
+
+
+def _leak_problem(path: str, cfg: dict[str, Any], seen: dict[tuple, str | None]) -> str | None:
+    """The leakage guard (:mod:`ssl_ft.leakage`) for a checkpoint that exists before the study
+    runs and the data a cell evaluates it on (once per pair); the error text, or ``None``."""
+    from ssl_ft.data import load_data
+    from ssl_ft.leakage import guard_checkpoint
+
+    key = (path, str(cfg.get("data", "pneumoniamnist")), cfg.get("data_root"), cfg.get("size"))
+    if key not in seen:
+        seen[key] = None
+        try:
+            splits = load_data(key[1], data_root=key[2], size=key[3])
+            guard_checkpoint(path, splits.images, target=splits.info.name)
+        except UserError as exc:
+            seen[key] = str(exc)
+    return seen[key]
 
 
 def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> str | None:

@@ -1,0 +1,151 @@
+"""The leakage guard: perceptual codes, matches across resizing pipelines on real data, and every
+consumer of a checkpoint refusing a target whose val/test images pretraining saw."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_ft.data import load_data
+from ssl_ft.errors import UserError
+from ssl_ft.leakage import VARIANTS, check_leakage, find_matches, image_codes
+from ssl_ft.pretrain import load_pretrain_recipe, pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "recipes" / "quickstart.yaml"
+
+
+def _npz(root: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(root / f"{name}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+
+
+def test_codes_shape_and_a_resized_or_cropped_copy_matches(data_root):
+    images = _nchw(_npz(data_root, "pneumoniamnist")["test_images"][:40])
+    codes = image_codes(images)
+    assert codes.shape == (40, len(VARIANTS), 64) and codes.dtype == np.uint8
+    up = torch.nn.functional.interpolate(torch.from_numpy(images).float(), size=(75, 75),
+                                         mode="bicubic").clamp(0, 255).round().byte().numpy()
+    crop = np.ascontiguousarray(images[:, :, :, 4:24])  # the central 20 of 28 columns
+    assert find_matches(codes, image_codes(up)).all()
+    assert find_matches(codes, image_codes(crop)).mean() >= 0.9
+    others = _nchw(_npz(data_root, "pneumoniamnist")["test_images"][40:140])
+    assert not find_matches(codes, image_codes(others)).any()
+
+
+def test_busi_vs_breastmnist_and_kermany_vs_pneumoniamnist(data_root):
+    """The project's two shared-source pairs (shared/data/README.md) are found, and a split
+    that shares nothing is not."""
+    busi = _npz(data_root, "busi_breast_ultrasound_64")
+    busi_all = np.concatenate([_nchw(busi[f"{s}_images"]) for s in ("train", "val", "test")])
+    bm = _npz(data_root, "breastmnist")
+    hit = find_matches(image_codes(busi_all), image_codes(_nchw(bm["test_images"])))
+    assert hit.mean() > 0.9, hit.mean()
+    kermany = image_codes(_nchw(_npz(data_root, "chest_xray_kermany_64")["train_images"]))
+    pm = _npz(data_root, "pneumoniamnist")
+    assert find_matches(kermany, image_codes(_nchw(pm["val_images"]))).sum() > 150
+    assert find_matches(kermany, image_codes(_nchw(pm["test_images"]))).sum() == 0
+
+
+def test_check_leakage_counts_per_split_and_exempts_the_targets_own_duplicates():
+    rng = np.random.default_rng(0)
+    train, val, test = (rng.integers(0, 256, (n, 1, 28, 28), dtype=np.uint8) for n in (30, 8, 8))
+    test[0] = train[5]                      # a duplicate inside the target's official split
+    splits = {"train": train, "val": val, "test": test}
+    seen = image_codes(np.concatenate([train, val[:3], test[:2]]))
+    with pytest.raises(UserError, match=r"3 of its 8 val images, 1 of its 8 test images"):
+        check_leakage(seen, splits, what="checkpoint c.pt", target="toy")
+    warned = []
+    report = check_leakage(seen, splits, what="c", target="toy", allow=True, warn=warned.append)
+    assert report.seen == {"val": 3, "test": 1}
+    assert report.own_duplicates == {"val": 0, "test": 1}
+    assert len(warned) == 1 and warned[0].startswith("allowed overlap")
+    clean = check_leakage(image_codes(train), splits, what="c", target="toy")
+    assert clean.leaked == 0 and clean.own_duplicates == {"test": 1}
+    assert not check_leakage(None, splits, what="c", target="toy", warn=warned.append).checked
+    assert "records no image fingerprints" in warned[-1]
+
+
+@pytest.fixture(scope="module")
+def busi_checkpoint(data_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("busi") / "run"
+    cfg = load_pretrain_recipe(QUICK, [
+        f"data.root={data_root}", "data.name=busi_breast_ultrasound_64", "data.size=28",
+        f"out={out}", "train.epochs=1", "train.batch_size=64", "eval.every=0",
+        "train.threads=1"])
+    pretrain(cfg, progress=False)
+    return out / "checkpoint.pt"
+
+
+def _tool(name: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), *args],
+                          capture_output=True, text=True, cwd=REPO)
+
+
+def test_finetune_probe_and_ensemble_refuse_busi_checkpoint_on_breastmnist(
+        busi_checkpoint, data_root, tmp_path):
+    common = ["--data", "breastmnist", "--data-root", str(data_root)]
+    ft = _tool("finetune", "--checkpoint", str(busi_checkpoint), *common, "--epochs", "1",
+               "--out", str(tmp_path / "ft"))
+    assert ft.returncode == 2, ft.stderr
+    lines = ft.stderr.strip().splitlines()
+    assert len(lines) == 1 and "breastmnist's evaluation splits" in lines[0]
+    assert "test images" in lines[0] and "--allow-overlap" in lines[0]
+    assert not (tmp_path / "ft" / "metrics.json").exists()
+    probe = _tool("probe", "--checkpoint", str(busi_checkpoint), *common)
+    assert probe.returncode == 2 and "breastmnist's evaluation splits" in probe.stderr
+    ens = _tool("ensemble", "--checkpoint", str(busi_checkpoint), "--checkpoint", "none",
+                "--arch", "resnet18", *common, "--out", str(tmp_path / "ens"),
+                "--cache-dir", str(tmp_path / "cache"))
+    assert ens.returncode == 2 and "breastmnist's evaluation splits" in ens.stderr
+    ok = _tool("finetune", "--checkpoint", str(busi_checkpoint), *common, "--epochs", "1",
+               "--limit", "64", "--out", str(tmp_path / "ft2"), "--allow-overlap")
+    assert ok.returncode == 0, ok.stderr
+    assert "warning: allowed overlap" in ok.stderr
+
+
+def test_pretraining_on_a_folder_with_a_resized_test_image_is_caught(data_root, tmp_path):
+    """A user's unlabelled folder that holds one PneumoniaMNIST test image, upscaled to 80 px
+    and saved as PNG, among unrelated ultrasound images (not Kermany X-rays: those share
+    PneumoniaMNIST's val pool): fine-tuning on PneumoniaMNIST is refused."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    pm = _npz(data_root, "pneumoniamnist")
+    Image.fromarray(pm["test_images"][17]).resize((80, 80), Image.BICUBIC).save(folder / "a.png")
+    for i, img in enumerate(_npz(data_root, "busi_breast_ultrasound_64")["test_images"][:70]):
+        Image.fromarray(img).save(folder / f"k{i:03d}.png")
+    out = tmp_path / "run"
+    cfg = load_pretrain_recipe(QUICK, [
+        f"data.root={data_root}", f"data.name=[{folder}]", "data.size=28", f"out={out}",
+        "train.epochs=1", "train.batch_size=32", "eval.every=0", "train.threads=1"])
+    pretrain(cfg, progress=False)
+    ft = _tool("finetune", "--checkpoint", str(out / "checkpoint.pt"), "--data",
+               "pneumoniamnist", "--data-root", str(data_root), "--out", str(tmp_path / "ft"))
+    assert ft.returncode == 2
+    assert "1 of its 624 test images" in ft.stderr and "val images" not in ft.stderr
+
+
+def test_pretraining_on_the_targets_own_train_split_passes(data_root, tmp_path):
+    """BreastMNIST's official split holds near-copies across splits; pretraining on its train
+    split sees nothing that its supervised training does not, so the guard lets it through."""
+    from ssl_ft.leakage import guard_checkpoint
+
+    out = tmp_path / "run"
+    cfg = load_pretrain_recipe(QUICK, [
+        f"data.root={data_root}", "data.name=breastmnist", f"out={out}", "train.epochs=1",
+        "train.batch_size=64", "eval.every=0", "train.threads=1"])
+    pretrain(cfg, progress=False)
+    splits = load_data("breastmnist", data_root=data_root)
+    report = guard_checkpoint(str(out / "checkpoint.pt"), splits.images, target="breastmnist")
+    assert report.checked and report.leaked == 0
+    assert report.own_duplicates.get("test", 0) > 10  # the official split's own near-copies
