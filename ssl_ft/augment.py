@@ -43,9 +43,21 @@ At every size: ``crop_ratio`` (3/4, 4/3); ``hflip`` 0.5 (on chest X-rays it move
 the right, yet contrastive CXR work such as MoCo-CXR, Sowrirajan et al. 2021, still uses it; set
 0 if laterality matters); ``vflip`` 0 (anatomy has an up); ``rotate`` 10 degrees (patient
 positioning, as MoCo-CXR); ``jitter_p`` 0.8.
-RGB (MoCo v2): brightness 0.4, contrast 0.4, saturation 0.4, hue 0.1, grayscale_p 0.2, gamma 0,
-noise 0. One channel: brightness 0.4, contrast 0.4, gamma 0.3 (exposure/windowing, [0.77, 1.3]),
-noise 0.02 (about 5 grey levels of 8-bit data).
+
+Modalities (``modality``; ``auto`` = ``grey`` for one channel, ``colour`` for three):
+
+=======  =========================================================  ===============================
+preset   intensity jitter                                           for
+=======  =========================================================  ===============================
+grey     brightness 0.4, contrast 0.4, gamma 0.3 ([0.77, 1.3]),     X-ray, CT, MRI, ultrasound:
+         noise 0.02 (about 5 grey levels of 8-bit data)             exposure/windowing, no colour
+colour   brightness 0.2, contrast 0.2, saturation 0.1, hue 0.02,    dermoscopy, fundus, histology:
+         no grayscale                                               colour carries the diagnosis;
+                                                                    small stain/camera shifts only
+                                                                    (Tellez et al., MedIA 2019)
+natural  MoCo v2: brightness 0.4, contrast 0.4, saturation 0.4,     natural photographs
+         hue 0.1, grayscale_p 0.2
+=======  =========================================================  ===============================
 
 Example::
 
@@ -102,11 +114,14 @@ class AugmentConfig:
     blur_p: float | None = None                      # probability
     blur_sigma: tuple[float, float] | None = None    # pixels of the output image
     noise_std: float | None = None                   # additive gaussian noise, [0, 1] units
+    modality: str = "auto"                           # auto | grey | colour | natural (presets)
 
     def resolve(self, size: int, channels: int) -> AugmentConfig:
-        """A copy with every ``None`` filled from ``preset(size, channels)``, validated."""
-        given = {f.name: getattr(self, f.name) for f in fields(self)}
-        cfg = replace(preset(size, channels), **{k: v for k, v in given.items() if v is not None})
+        """A copy with every ``None`` filled from ``preset(size, channels, modality)``,
+        validated; ``modality`` resolved (``auto``: grey for 1 channel, colour for 3)."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "modality"}
+        base = preset(size, channels, self.modality)
+        cfg = replace(base, **{k: v for k, v in given.items() if v is not None})
         values = {}
         for name in ("crop_scale", "crop_ratio", "blur_sigma"):
             lo, hi = values[name] = _pair(name, getattr(cfg, name))
@@ -138,8 +153,15 @@ def _pair(name: str, value: object) -> tuple[float, float]:
     return _number(name, value[0]), _number(name, value[1])
 
 
-def preset(size: int, channels: int) -> AugmentConfig:
-    """The documented defaults (module docstring table) for ``size`` px and 1 or 3 channels."""
+#: Intensity presets by modality (module docstring, "Modalities").
+MODALITIES = ("auto", "grey", "colour", "natural")
+
+
+def preset(size: int, channels: int, modality: str = "auto") -> AugmentConfig:
+    """The documented defaults (module docstring tables) for ``size`` px, 1 or 3 channels and a
+    modality preset (``auto``: ``grey`` for 1 channel, ``colour`` for 3)."""
+    if modality not in MODALITIES:
+        raise UserError(f"modality={modality!r}: choose one of {', '.join(MODALITIES)}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UserError(f"size={size!r}: must be a positive integer")
     if channels not in (1, 3):
@@ -150,14 +172,28 @@ def preset(size: int, channels: int) -> AugmentConfig:
     w = 0.0 if lo == hi else (math.log(size) - math.log(lo)) / (math.log(hi) - math.log(lo))
     crop_min, blur_p, sigma_max = (round(a + w * (b - a), 3)
                                    for a, b in zip(_ANCHORS[lo], _ANCHORS[hi], strict=True))
-    rgb = channels == 3
+    if modality == "auto":
+        modality = "grey" if channels == 1 else "colour"
+    if channels == 1 and modality != "grey":
+        raise UserError(f"modality={modality!r} jitters colour, but the images have 1 channel; "
+                        f"use grey (or auto)")
+    intensity = _INTENSITY[modality]
     return AugmentConfig(
         crop_scale=(crop_min, 1.0), crop_ratio=(3 / 4, 4 / 3), hflip=0.5, vflip=0.0, rotate=10.0,
-        brightness=0.4, contrast=0.4, gamma=0.0 if rgb else 0.3,
-        saturation=0.4 if rgb else 0.0, hue=0.1 if rgb else 0.0, jitter_p=0.8,
-        grayscale_p=0.2 if rgb else 0.0, blur_p=blur_p, blur_sigma=(0.1, sigma_max),
-        noise_std=0.0 if rgb else 0.02,
+        jitter_p=0.8, blur_p=blur_p, blur_sigma=(0.1, sigma_max), modality=modality,
+        **intensity,
     )
+
+
+# brightness, contrast, gamma, saturation, hue, grayscale_p, noise_std per modality
+_INTENSITY: dict[str, dict[str, float]] = {
+    "grey": dict(brightness=0.4, contrast=0.4, gamma=0.3, saturation=0.0, hue=0.0,
+                 grayscale_p=0.0, noise_std=0.02),
+    "colour": dict(brightness=0.2, contrast=0.2, gamma=0.0, saturation=0.1, hue=0.02,
+                   grayscale_p=0.0, noise_std=0.0),
+    "natural": dict(brightness=0.4, contrast=0.4, gamma=0.0, saturation=0.4, hue=0.1,
+                    grayscale_p=0.2, noise_std=0.0),
+}
 
 
 def blur_kernel_size(size: int, sigma_max: float = 0.0) -> int:

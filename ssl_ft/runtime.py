@@ -24,6 +24,7 @@ __all__ = [
     "autocast",
     "available_cores",
     "cleanup_distributed",
+    "cpu_has_bf16",
     "distributed",
     "init_distributed",
     "make_run_folder",
@@ -107,8 +108,16 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` = bf16 on CUDA GPUs that support it (else fp16), fp32 on the CPU."""
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 matrix kernels natively (AVX512-BF16 or AMX)."""
+    cpu = torch.cpu
+    return any(getattr(cpu, f, lambda: False)() for f in
+               ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def resolve_precision(name: str, device: torch.device, *, cpu_auto: str = "fp32") -> str:
+    """``auto`` = bf16 on CUDA GPUs that support it (else fp16); on the CPU ``cpu_auto``, where
+    ``"bf16"`` means bf16 only if the CPU has native bf16 kernels (:func:`cpu_has_bf16`)."""
     if name not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"unknown precision {name!r} (use auto, fp32, bf16 or fp16)")
     if name != "auto":
@@ -117,7 +126,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    return "bf16" if cpu_auto == "bf16" and cpu_has_bf16() else "fp32"
 
 
 @contextlib.contextmanager

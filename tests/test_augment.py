@@ -163,13 +163,27 @@ def test_presets():
     assert preset(20, 1) == preset(28, 1)                    # nearest outside the table
     mid = preset(96, 1)
     assert 0.2 < mid.crop_scale[0] < 0.25 and 0.6 < mid.blur_sigma[1] < 1.1
-    moco = preset(224, 3)                                    # MoCo v2 exactly
+    moco = preset(224, 3, "natural")                         # MoCo v2 exactly
     assert (moco.brightness, moco.contrast, moco.saturation, moco.hue) == (0.4, 0.4, 0.4, 0.1)
     assert (moco.jitter_p, moco.grayscale_p, moco.blur_p, moco.blur_sigma) == (0.8, 0.2, 0.5,
                                                                                (0.1, 2.0))
     gray = preset(28, 1)
     assert gray.saturation == gray.hue == gray.grayscale_p == 0 and gray.gamma > 0
     assert gray.blur_p < preset(64, 1).blur_p and gray.vflip == 0 and gray.hflip == 0.5
+
+
+def test_modality_presets_keep_colour_for_medical_photographs():
+    auto_rgb, colour = preset(64, 3), preset(64, 3, "colour")
+    assert auto_rgb == colour and colour.modality == "colour"
+    assert colour.grayscale_p == 0 and colour.hue <= 0.02 and colour.saturation <= 0.1
+    assert preset(64, 3, "grey").saturation == preset(64, 3, "grey").hue == 0
+    assert preset(64, 1).modality == "grey"
+    assert AugmentConfig(modality="natural").resolve(64, 3).grayscale_p == 0.2
+    assert AugmentConfig(modality="natural", hue=0.05).resolve(64, 3).hue == 0.05
+    with pytest.raises(UserError, match="modality='colour'.*1 channel"):
+        preset(28, 1, "colour")
+    with pytest.raises(UserError, match="modality='fundus'"):
+        AugmentConfig(modality="fundus").resolve(28, 3)
 
 
 def test_blur_kernel_size():

@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from ssl_ft.data.arrays import DataInfo
-from ssl_ft.data.convert import channel_stats, check_channels, check_size, convert_channels
+from ssl_ft.data.convert import (
+    channel_stats,
+    check_channels,
+    check_size,
+    convert_channels,
+    resize_images,
+)
 from ssl_ft.data.folder import IMAGE_SUFFIXES, read_image
 from ssl_ft.data.load import load_data, resolve_data_root
 from ssl_ft.data.npz import file_sha256
@@ -141,10 +147,11 @@ def _load_source(src: PoolSource, root: Path, size: int, limit: int | None,
                   "source": str(Path(src.name).resolve()), "fingerprint": digest.hexdigest(),
                   "split": "all (unlabelled)"}
         return images, record
-    splits = load_data(src.name, data_root=root, size=size, limit=limit, seed=seed,
-                       download=download)
-    i = splits.info
-    return splits.images["train"], {"name": i.name, "kind": i.kind, "source": i.source,
+    splits = load_data(src.name, data_root=root, limit=limit, seed=seed, download=download)
+    i, train = splits.info, splits.images["train"]
+    if i.image_size != size:  # MedMNIST names too: resized here, not looked up at other sizes
+        train = resize_images(train, size)
+    return train, {"name": i.name, "kind": i.kind, "source": i.source,
                                     "fingerprint": i.fingerprint, "split": "train"}
 
 

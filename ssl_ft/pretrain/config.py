@@ -60,7 +60,7 @@ class TrainConfig:
     save_every: int = 10           # keep epoch_NNNN.pt every N epochs (0: only last.pt)
     threads: int | None = None     # torch threads (default: cores / local processes)
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     deterministic: bool = False    # torch.use_deterministic_algorithms (exact resume on the CPU)
 
     def __post_init__(self) -> None:

@@ -218,7 +218,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if last.exists() and not resume:
         raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
                         "or choose another out=")
-    precision = resolve_precision(cfg.train.precision, device)
+    # bf16 autocast: 1.55x fp32 for SimCLR at 28 px on this CPU (benchmarks/bench_pretrain.py)
+    precision = resolve_precision(cfg.train.precision, device, cpu_auto="bf16")
     threads = set_threads(cfg.train.threads, dist)
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
