@@ -50,6 +50,8 @@ class FinetuneConfig:
     momentum: float = 0.9          # sgd only
     warmup_epochs: int = 0
     augment: Literal["none", "flip", "crop-flip"] = "none"
+    prefix_cache: Literal["auto", "off"] = "auto"  # frozen prefix computed once (augment none)
+    prefix_cache_gb: float = 2.0   # ... if its train+val activations fit in this much memory
     # bookkeeping
     seed: int = 0
     out: str = "runs/finetune"

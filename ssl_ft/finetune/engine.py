@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from ssl_ft.finetune.model import (
     predict_proba,
     save_finetuned,
 )
+from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, prefix_bytes
 from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
 from ssl_ft.leakage import guard_checkpoint
@@ -61,7 +62,8 @@ from ssl_ft.runtime import (
 __all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare"]
 
 # recipe keys that may change when a run is resumed
-_RESUMABLE = {"out", "device", "threads", "precision", "data_root", "download"}
+_RESUMABLE = {"out", "device", "threads", "precision", "data_root", "download", "prefix_cache",
+              "prefix_cache_gb"}
 
 
 def load_finetune_recipe(path: str | None, overrides: list[str] = ()) -> FinetuneConfig:
@@ -82,6 +84,7 @@ class Prepared:
     strategy: Strategy
     source: dict[str, Any]
     leakage: dict[str, Any] | None = None
+    cache: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def trainable_params(self) -> dict[str, int]:
@@ -132,6 +135,29 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
                     leak.as_dict() if leak else None)
 
 
+def _use_prefix_cache(p: Prepared, model: FinetuneModel, device: torch.device,
+                      precision: str) -> bool:
+    """Compute the frozen prefix's train/val activations once (:mod:`.prefix_cache`) when
+    they apply and fit; the model then starts from them. Returns whether it does."""
+    cfg, info = p.cfg, p.splits.info
+    if cfg.prefix_cache == "off":
+        return False
+    k = cacheable_prefix(model, p.strategy, cfg.epochs, augment=cfg.augment,
+                         freeze_bn=cfg.freeze_bn)
+    n_images = sum(len(p.splits.images[s]) for s in ("train", "val"))
+    if k == 0 or prefix_bytes(model, k, n_images, info.image_size) > cfg.prefix_cache_gb * 2**30:
+        return False
+    t0 = time.perf_counter()
+    for split in ("train", "val"):
+        p.cache[split] = prefix_activations(model, p.splits.images[split], k,
+                                            max_value=info.max_value, device=device,
+                                            precision=precision)
+    model.input_unit = k
+    print(f"prefix cache: the {k} frozen units' activations of {n_images} images computed "
+          f"once ({time.perf_counter() - t0:.1f} s); training starts at unit {k}", file=sys.stderr)
+    return True
+
+
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
@@ -143,12 +169,13 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None
 
 
 def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
-             precision: str) -> dict[str, Any]:
-    """MedMNIST-convention metrics of ``model`` on one split."""
+             precision: str, inputs: torch.Tensor | None = None) -> dict[str, Any]:
+    """MedMNIST-convention metrics of ``model`` on one split (``inputs``: the split's cached
+    prefix activations, when the model starts from them)."""
     info = splits.info
     with autocast(device, precision):
-        probs = predict_proba(model, splits.images[split], max_value=info.max_value,
-                              device=device)
+        probs = predict_proba(model, splits.images[split] if inputs is None else inputs,
+                              max_value=info.max_value if inputs is None else 1, device=device)
     return classification_metrics(splits.labels[split], probs, info.task, info.label_names)
 
 
@@ -193,6 +220,9 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     optimizer = _optimizer(cfg, strategy)
     images = p.splits.images["train"]
     x_all = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
+    scale = info.max_value
+    if _use_prefix_cache(p, model, device, precision):
+        x_all, scale = p.cache["train"], 1
     y_all = torch.from_numpy(p.splits.labels["train"])
     per_rank = min(max(1, cfg.batch_size // dist.world_size), len(x_all) // dist.world_size)
     if per_rank < 2:
@@ -247,7 +277,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             ddp_units = trained
         train_mode(model, trained, cfg.freeze_bn)
         measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank,
-                                info.max_value, device, precision)
+                                scale, device, precision)
         stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show,
@@ -256,7 +286,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             lr = lr_at(epoch + (step % steps) / steps, phases, cfg.lr, cfg.warmup_epochs)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            x = xb.to(device, non_blocking=True).float() / info.max_value
+            x = xb.to(device, non_blocking=True).float() / scale
             x = augment_batch(x, cfg.augment)
             with autocast(device, precision):
                 loss = loss_fn(net(x).float(), yb.to(device))
@@ -292,7 +322,7 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
                   device: torch.device, precision: str) -> dict[str, Any]:
     """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
     model, epoch = p.model, stats["epoch"]
-    val = evaluate(model, p.splits, "val", device, precision)
+    val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
     stats.update(val_auc=val["auc"], val_acc=val["acc"])
     score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]  # a one-class val split
     if score > best["auc"]:

@@ -48,11 +48,15 @@ class FinetuneModel(nn.Module):
         self.register_buffer("mean", _channels(mean, c), persistent=False)
         self.register_buffer("std", _channels(std, c), persistent=False)
         self.grad_from = 0
+        self.input_unit = 0  # > 0: inputs are activations after that many units (prefix cache)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features of images in ``[0, 1]``."""
-        x = (x - self.mean) / self.std
-        k, n = self.grad_from, len(self.backbone.units)
+        """Pooled features of images in ``[0, 1]`` (or, with ``input_unit = s > 0``, of the
+        activations after the first ``s`` units: :mod:`ssl_ft.finetune.prefix_cache`)."""
+        s = self.input_unit
+        if s == 0:
+            x = (x - self.mean) / self.std
+        k, n = max(self.grad_from, s), len(self.backbone.units)
         if k <= 0:
             return self.backbone(x)
         if not hasattr(self.backbone, "forward_units"):  # timm: autograd skips frozen params
@@ -60,8 +64,9 @@ class FinetuneModel(nn.Module):
                 with torch.no_grad():
                     return self.backbone(x)
             return self.backbone(x)
-        with torch.no_grad():
-            x = self.backbone.forward_units(x, 0, k)
+        if k > s:
+            with torch.no_grad():
+                x = self.backbone.forward_units(x, s, k)
         x = self.backbone.forward_units(x, k)
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
