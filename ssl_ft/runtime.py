@@ -26,6 +26,7 @@ __all__ = [
     "cleanup_distributed",
     "cpu_has_bf16",
     "distributed",
+    "grad_scaler",
     "init_distributed",
     "make_run_folder",
     "resolve_device",
@@ -127,6 +128,12 @@ def resolve_precision(name: str, device: torch.device, *, cpu_auto: str = "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if cpu_auto == "bf16" and cpu_has_bf16() else "fp32"
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA (fp16 gradients underflow without it); a pass-through
+    (``enabled=False``) for fp32 and bf16, so the same three calls serve every precision."""
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and precision == "fp16")
 
 
 @contextlib.contextmanager

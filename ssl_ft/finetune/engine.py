@@ -53,6 +53,7 @@ from ssl_ft.runtime import (
     Dist,
     autocast,
     distributed,
+    grad_scaler,
     make_run_folder,
     resolve_precision,
     seed_everything,
@@ -264,6 +265,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
               file=sys.stderr)
     show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
     loss_fn = nn.CrossEntropyLoss()
+    scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
     ddp_units: list[int] | None = None
     net: nn.Module = model
     for epoch in range(start_epoch, cfg.epochs):
@@ -295,8 +297,9 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             if not torch.isfinite(total):
                 raise FloatingPointError(f"loss is {total.item()} at epoch {epoch + 1}")
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             seen += len(x)
             loss_sum += float(loss.detach()) * len(x)

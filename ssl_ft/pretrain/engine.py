@@ -46,6 +46,7 @@ from ssl_ft.runtime import (
     Dist,
     autocast,
     distributed,
+    grad_scaler,
     make_run_folder,
     resolve_precision,
     seed_everything,
@@ -105,9 +106,11 @@ def _optimizer(cfg: PretrainConfig, method: SSLMethod) -> torch.optim.Optimizer:
 def train_one_epoch(
     model: torch.nn.Module, method: SSLMethod, loader: DataLoader, optimizer: torch.optim.Optimizer,
     *, epoch: int, step: int, total_steps: int, lr_fn, device: torch.device, precision: str,
-    max_value: int, writer: Any, show_progress: bool,
+    max_value: int, writer: Any, show_progress: bool, scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """One pass over ``loader``; returns the global step and the epoch's mean scalars."""
+    """One pass over ``loader``; returns the global step and the epoch's mean scalars.
+    ``scaler``: fp16 loss scaling (:func:`ssl_ft.runtime.grad_scaler`; none for fp32/bf16)."""
+    scaler = scaler or grad_scaler(device, precision)
     model.train()
     sums: dict[str, float] = {}
     n_images, start = 0, time.perf_counter()
@@ -124,8 +127,9 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         method.after_step(step, total_steps)
         step += 1
         n_images += len(x)
