@@ -107,14 +107,14 @@ class _Views(torch.nn.Module):
         return v
 
 
-def _method(name: str, images: np.ndarray, size: int):
+def _method(name: str, images: np.ndarray, size: int, stem: str = "standard"):
     from ssl_ft.augment import BatchAugment
     from ssl_ft.methods import get_method
     from ssl_ft.models import create_backbone
 
     torch.manual_seed(0)
     cls = get_method(name)
-    backbone = create_backbone("resnet18", in_chans=images.shape[1])
+    backbone = create_backbone("resnet18", in_chans=images.shape[1], stem=stem)
     aug = BatchAugment(None, size, images.shape[1])
     x = torch.from_numpy(images).float() / 255
     mean, std = [float(x.mean())] * images.shape[1], [float(x.std())] * images.shape[1]
@@ -139,8 +139,8 @@ def _step_rate(method, optimizer, batches: Callable[[], Iterator[torch.Tensor]],
 
 
 def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, steps: int,
-                        precision: str, lightly_workers: tuple[int, ...] = (0, 2)
-                        ) -> dict[str, Callable[[], float]]:
+                        precision: str, lightly_workers: tuple[int, ...] = (0, 2),
+                        stem: str = "standard") -> dict[str, Callable[[], float]]:
     """The pretraining contenders (module docstring) for ``images`` ``(N, C, S, S)`` uint8,
     each a function that runs ``steps`` steps of ``batch`` images and returns images/s."""
     from torch.utils.data import DataLoader, TensorDataset
@@ -148,7 +148,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     from ssl_ft.pretrain.engine import train_one_epoch
 
     size = images.shape[-1]
-    method = _method(method_name, images, size)
+    method = _method(method_name, images, size, stem)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                           momentum=0.9)
     real_augment = method.augment

@@ -42,12 +42,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="torch threads (default: the cores this process may use)")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per contender")
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--configs", nargs="*", metavar="METHOD:SIZE",
+                   help="pretraining configurations (default simclr/moco/genesis at 28 and 64; "
+                        "--quick: simclr:28)")
+    p.add_argument("--finetune-limit", type=int, default=None,
+                   help="fine-tuning images per split (default 1500; --quick 300)")
     args = p.parse_args(argv)
 
     import torch
 
     from ssl_ft.benchmark import alternate, finetune_epochs, pretrain_contenders, probe_vs_forward
     from ssl_ft.data import load_data
+    from ssl_ft.errors import UserError
+    from ssl_ft.methods import METHODS
     from ssl_ft.runtime import Dist, cpu_has_bf16, resolve_precision, set_threads
 
     threads = set_threads(args.threads, Dist())
@@ -56,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     steps = 2 if args.quick else 4
     configs = [("simclr", 28)] if args.quick else [
         (m, s) for s in (28, 64) for m in ("simclr", "moco", "genesis")]
+    if args.configs:
+        try:
+            configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs]
+        except (IndexError, ValueError):
+            raise UserError(f"--configs takes METHOD:SIZE items, got {args.configs}") from None
+        bad = [f"{m}:{s}" for m, s in configs if s not in DATA or m not in METHODS]
+        if bad:
+            raise UserError(f"--configs {' '.join(bad)}: methods {', '.join(sorted(METHODS))}, "
+                            f"sizes {', '.join(map(str, DATA))}")
+    ft_limit = args.finetune_limit or (300 if args.quick else 1500)
     report = {"threads": threads, "precision": precision, "cpu_bf16": cpu_has_bf16(),
               "rounds": rounds, "batch": args.batch, "steps": steps, "pretrain": {}}
     lines = [f"{threads} threads, pretraining default precision {precision}, batch {args.batch}, "
@@ -68,11 +85,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         base = next(k for k in res if k.startswith("ssl_ft"))
         lines += _table(f"{method} resnet18 {size} px ({DATA[size]})", res, base)
         report["pretrain"][f"{method}_{size}"] = {k: r.as_dict() for k, r in res.items()}
-    splits = load_data("pneumoniamnist", data_root=args.data_root,
-                       limit=300 if args.quick else 1500)
+    splits = load_data("pneumoniamnist", data_root=args.data_root, limit=ft_limit)
     with tempfile.TemporaryDirectory() as tmp:
         res = alternate(finetune_epochs("pneumoniamnist", args.data_root, tmp,
-                                        limit=300 if args.quick else 1500,
+                                        limit=ft_limit,
                                         threads=threads), rounds)
     lines += _table(f"fine-tuning resnet18 28 px, {len(splits.labels['train'])} train images, "
                     "second-epoch images/s", res, "ft 0-100 cache off")

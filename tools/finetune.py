@@ -25,7 +25,7 @@ FLAGS: dict[str, dict] = {
                               "'imagenet' or 'none' (random init: the from-scratch baseline)"),
     "--arch": dict(help="architecture (needed with none/imagenet/plain state dicts; "
                         "checked against an ssl_ft checkpoint)"),
-    "--stem": dict(choices=["standard", "lowres"], help="stem (default: the checkpoint's)"),
+    "--stem": dict(choices=["standard", "midres", "lowres"], help="stem (default: the checkpoint's)"),
     "--data": dict(help="MedMNIST name, .npz name in the data root, .npz path or image folder"),
     "--data-root": dict(help="where data names are looked up (default $SSL_FT_DATA)"),
     "--size": dict(type=int, help="resize images to SIZE x SIZE"),

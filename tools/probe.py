@@ -22,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="an ssl_ft checkpoint or state dict, or 'none' for a random init")
     p.add_argument("--arch", help="backbone (required with --checkpoint none)")
-    p.add_argument("--stem", choices=["standard", "lowres"], default=None)
+    p.add_argument("--stem", choices=["standard", "midres", "lowres"], default=None)
     p.add_argument("--data", required=True, help="dataset name, .npz path or image folder")
     p.add_argument("--data-root", default=None)
     p.add_argument("--truncate", type=float, default=100, help="probe the output at this depth %%")

@@ -22,7 +22,7 @@ class FinetuneConfig:
     checkpoint: str = "none"       # ssl_ft checkpoint | plain torchvision/timm state dict |
     #                                imagenet | none (random init: the from-scratch baseline)
     arch: str | None = None        # needed with none/imagenet/plain state dicts; checked otherwise
-    stem: Literal["standard", "lowres"] | None = None  # default: the checkpoint's, else standard
+    stem: Literal["standard", "midres", "lowres"] | None = None  # default: the checkpoint's, else standard
     # data
     data: str = "pneumoniamnist"   # MedMNIST name, .npz name in the data root, .npz path, folder
     data_root: str | None = None

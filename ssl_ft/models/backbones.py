@@ -25,6 +25,10 @@ Options:
 * ``stem="lowres"`` for 28-64 px inputs: ResNet/DenseNet get a 3x3 stride-1 first convolution and
   no max-pool (as in CIFAR-style ResNets); VGG loses its first max-pool. About 8x slower than the
   standard stem at 28 px on a CPU; the ImageNet weights of a replaced 7x7 convolution are dropped.
+* ``stem="midres"``, in between: the 3x3 stride-1 first convolution but the max-pool kept, so the
+  stem halves the image instead of quartering it (14x14 maps after it at 28 px, against 7x7 for
+  ``standard`` and 28x28 for ``lowres``). VGG has no strided stem convolution: ``midres`` is its
+  ``standard``. Measured per size in ``benchmarks/bench_stems.py`` (docs/pretraining.md).
 * ``weights``: ``"none"`` (random init), ``"imagenet"`` (torchvision's DEFAULT weights, downloaded
   by torchvision to ``$TORCH_HOME/hub/checkpoints`` on first use), or a path to a checkpoint or
   state dict (any prefix, see :func:`ssl_ft.checkpoint.match_state_dict`).
@@ -66,7 +70,7 @@ ARCHS: dict[str, str] = {
     "vgg16_bn": "vgg",
     "vgg19_bn": "vgg",
 }
-STEMS = ("standard", "lowres")
+STEMS = ("standard", "midres", "lowres")
 
 
 @dataclass(frozen=True)
@@ -256,9 +260,9 @@ def _adapt_first_conv(old: nn.Conv2d, in_chans: int, lowres: bool, pretrained: b
 
 def _resnet(model: torchvision.models.ResNet, arch: str, in_chans: int, stem: str,
             pretrained: bool) -> Backbone:
-    lowres = stem == "lowres"
-    model.conv1 = _adapt_first_conv(model.conv1, in_chans, lowres, pretrained)
-    if lowres:
+    small = stem in ("lowres", "midres")
+    model.conv1 = _adapt_first_conv(model.conv1, in_chans, small, pretrained)
+    if stem == "lowres":
         model.maxpool = nn.Identity()
     layers: OrderedDict[str, nn.Module] = OrderedDict(
         conv1=model.conv1, bn1=model.bn1, relu=model.relu, maxpool=model.maxpool)
@@ -275,10 +279,10 @@ def _resnet(model: torchvision.models.ResNet, arch: str, in_chans: int, stem: st
 
 def _densenet(model: torchvision.models.DenseNet, arch: str, in_chans: int, stem: str,
               pretrained: bool) -> Backbone:
-    lowres = stem == "lowres"
+    small = stem in ("lowres", "midres")
     f = model.features
-    f.conv0 = _adapt_first_conv(f.conv0, in_chans, lowres, pretrained)
-    if lowres:
+    f.conv0 = _adapt_first_conv(f.conv0, in_chans, small, pretrained)
+    if stem == "lowres":
         f.pool0 = nn.Identity()
     f.add_module("relu5", nn.ReLU(inplace=False))  # torchvision applies F.relu after norm5
     for stage in range(1, 4):  # 28 px inputs reach a 1x1 map before transition3 (see docstring)

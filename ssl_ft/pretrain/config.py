@@ -43,7 +43,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    stem: Literal["standard", "lowres"] = "standard"
+    stem: Literal["standard", "midres", "lowres"] = "standard"
     weights: str = "none"          # none | imagenet | path to a checkpoint or state dict
 
 
