@@ -64,6 +64,20 @@ def test_pool_takes_only_train_splits_and_drops_excluded_images(data_root):
         load_pool([{"name": "breastmnist", "weight": 0}], data_root=data_root)
 
 
+def test_an_excluded_dataset_passes_the_guard_later(data_root):
+    """PneumoniaMNIST's train split holds near-copies of Kermany val/test images (one source
+    pool): excluding Kermany must leave nothing the guard would refuse at the pool's size."""
+    from ssl_ft.data import load_data
+    from ssl_ft.leakage import check_leakage
+
+    pool = load_pool(["pneumoniamnist"], data_root=data_root, exclude=["chest_xray_kermany_64"],
+                     log=lambda msg: None)
+    assert pool.sources[0]["excluded"] > 100
+    target = load_data("chest_xray_kermany_64", data_root=data_root, size=28)
+    report = check_leakage(pool.codes, target.images, what="pool", target="kermany")
+    assert report.leaked == 0
+
+
 def test_epoch_indices_follow_the_weights():
     weights = np.array([1.0] * 100 + [3.0] * 100)
     idx = epoch_indices(weights, seed=0, epoch=0)

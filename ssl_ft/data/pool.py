@@ -42,7 +42,7 @@ from ssl_ft.data.folder import IMAGE_SUFFIXES, read_image
 from ssl_ft.data.load import load_data, resolve_data_root
 from ssl_ft.data.npz import file_sha256
 from ssl_ft.errors import UserError
-from ssl_ft.leakage import find_matches, image_codes
+from ssl_ft.leakage import DEFAULT_THRESHOLD, find_matches, image_codes
 
 __all__ = ["Pool", "PoolSource", "epoch_indices", "load_pool"]
 
@@ -155,13 +155,23 @@ def _load_source(src: PoolSource, root: Path, size: int, limit: int | None,
                                     "fingerprint": i.fingerprint, "split": "train"}
 
 
-def _exclusion_codes(exclude: list[str], root: Path) -> tuple[np.ndarray, list[str]]:
+#: Exclusion is stricter than the guard (twice its threshold): near-copies close to the guard's
+#: threshold can land on either side of it once both are resized again, and a pool built with
+#: ``exclude`` must never be refused later for the datasets it excluded.
+EXCLUDE_MARGIN = 2.0
+
+
+def _exclusion_codes(exclude: list[str], root: Path, size: int) -> tuple[np.ndarray, list[str]]:
+    """Codes of the val/test images of every dataset in ``exclude``, at the pool's size."""
     codes, names = [], []
     for name in exclude:
         splits = load_data(name, data_root=root)
         names.append(splits.info.name)
         for split in ("val", "test"):
-            codes.append(image_codes(splits.images[split]))
+            images = splits.images[split]
+            if splits.info.image_size != size:
+                images = resize_images(images, size)
+            codes.append(image_codes(images))
     return (np.concatenate(codes) if codes else np.zeros((0, 9, 64), np.uint8)), names
 
 
@@ -195,9 +205,9 @@ def load_pool(data: str | list, *, data_root: str | os.PathLike | None = None,
         parts = [p.astype(np.uint16) * np.uint16(257) if p.dtype == np.uint8 else p for p in parts]
     codes = [image_codes(p) for p in parts]
     if exclude:
-        banned, names = _exclusion_codes(list(exclude), root)
+        banned, names = _exclusion_codes(list(exclude), root, size)
         for k, (p, c) in enumerate(zip(parts, codes, strict=True)):
-            drop = find_matches(banned, c)
+            drop = find_matches(banned, c, DEFAULT_THRESHOLD * EXCLUDE_MARGIN)
             records[k]["excluded"] = int(drop.sum())
             parts[k], codes[k] = p[~drop], c[~drop]
             if drop.any():
