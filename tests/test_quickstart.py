@@ -30,3 +30,9 @@ def test_quickstart_recipe_learns(data_root, tmp_path):
     # that training improves the features it changed, not that 3 epochs beat a random net.
     assert epochs[-1]["knn_auc"] > epochs[0]["knn_auc"] + 0.01, epochs
     assert load_checkpoint(out / "checkpoint.pt").meta["epoch"] == 3
+    # the run ends by saying what pretraining added over the random init, measured in the run
+    summary = json.loads((out / "summary.json").read_text())
+    last = res.stderr.strip().splitlines()[-1]
+    assert "over the random init" in last and summary["text"] == last
+    gain = summary["best"] - summary["before"]
+    assert ("added nothing measurable yet" in last) == (gain <= 0.005)
