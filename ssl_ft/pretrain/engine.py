@@ -123,6 +123,7 @@ def train_one_epoch(
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        method.before_step(step, total_steps)
         optimizer.step()
         method.after_step(step, total_steps)
         step += 1
