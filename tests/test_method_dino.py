@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +206,17 @@ def test_config_errors_name_field_and_value(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field) as info:
         DINOConfig(**{field: value})
     assert repr(value) in str(info.value)
+
+
+def test_tool_refuses_local_crops_larger_than_the_images(data_root, tmp_path, capsys,
+                                                         tool) -> None:
+    from ssl_ft.cli import run
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/pretrain/dino_pneumoniamnist.yaml"
+    code = run(tool("pretrain").main, [str(recipe), f"data.root={data_root}",
+                                       f"out={tmp_path / 'run'}", "data.limit=64",
+                                       "method_args.local_crops=2", "method_args.local_size=40"])
+    err = capsys.readouterr().err
+    assert code == 2 and "local_size 40" in err and "28 px" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "last.pt").exists()

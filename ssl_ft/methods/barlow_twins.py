@@ -36,6 +36,7 @@ from lightly.loss import BarlowTwinsLoss
 from lightly.models.modules import BarlowTwinsProjectionHead
 from torch import Tensor
 
+from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_int, check_number, distributed, embedding_std
 from ssl_ft.models import Backbone
@@ -78,6 +79,6 @@ class BarlowTwins(SSLMethod):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
         if len(x) < 2:
-            raise ValueError(f"Barlow Twins needs batches of at least 2 images, got {len(x)}")
+            raise UserError(f"Barlow Twins needs batches of at least 2 images, got {len(x)}")
         z_a, z_b = self.embed(self.augment(x)), self.embed(self.augment(x))
         return {"loss": self.criterion(z_a, z_b), "embedding_std": embedding_std(z_a)}

@@ -60,6 +60,7 @@ from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
 from ssl_ft.augment import BatchAugment
+from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_bool, check_int, check_number, embedding_std
 from ssl_ft.models import Backbone
@@ -150,8 +151,8 @@ class DINO(SSLMethod):
                                  f"{type(self.augment).__name__}")
             size = cfg.local_size or default_local_size(self.image_size)
             if size > self.image_size:
-                raise ValueError(f"local_size {size} is larger than the {self.image_size} px "
-                                 "images")
+                raise UserError(f"method_args.local_size {size} is larger than the "
+                                f"{self.image_size} px images")
             self.local_augment = BatchAugment(
                 replace(self.augment.cfg, crop_scale=tuple(cfg.local_crop_scale)), size,
                 self.augment.channels)

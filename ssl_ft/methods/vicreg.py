@@ -41,6 +41,7 @@ from lightly.loss.vicreg_loss import invariance_loss, variance_loss
 from lightly.models.modules.heads import VICRegProjectionHead
 from torch import Tensor
 
+from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_int, check_number, distributed, embedding_std
 from ssl_ft.models import Backbone
@@ -96,7 +97,7 @@ class VICReg(SSLMethod):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:  # noqa: D102
         if len(x) < 2:
-            raise ValueError(f"VICReg needs batches of at least 2 images, got {len(x)}")
+            raise UserError(f"VICReg needs batches of at least 2 images, got {len(x)}")
         z_a, z_b = self.embed(self.augment(x)), self.embed(self.augment(x))
         loss = self.criterion(z_a, z_b)
         with torch.no_grad():
