@@ -2,8 +2,8 @@
 
 A method is an ``nn.Module`` that owns the backbone and its method-specific parts (projection
 heads, momentum encoder, decoder). The pretraining engine (:mod:`ssl_ft.pretrain`) only calls
-``forward`` (so DDP can wrap it), ``after_step``, ``extra_state``/``load_extra_state`` and
-``example_images``. A new method is one small file with a ``Config`` dataclass and an
+``forward`` (so DDP can wrap it), ``before_step``, ``after_step``,
+``extra_state``/``load_extra_state`` and ``example_images``. A new method is one small file with a ``Config`` dataclass and an
 :class:`SSLMethod` subclass, one :func:`register` call, and one test file.
 """
 
@@ -68,6 +68,11 @@ class SSLMethod(nn.Module):
         Returns a dict with ``"loss"`` (scalar, differentiable) and any other scalars to log.
         """
         raise NotImplementedError
+
+    def before_step(self, step: int, total_steps: int) -> None:
+        """Called between ``loss.backward()`` (gradients reduced across DDP ranks) and the
+        optimiser step ``step`` (0-based), e.g. to drop the gradients of a layer that is still
+        frozen (DINO's last layer)."""
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after every optimiser step (e.g. a momentum-encoder update)."""

@@ -128,6 +128,8 @@ def train_one_epoch(
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # before_step sees true gradients (a no-op but for fp16)
+        method.before_step(step, total_steps)
         scaler.step(optimizer)
         scaler.update()
         method.after_step(step, total_steps)
