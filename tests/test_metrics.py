@@ -77,3 +77,13 @@ def test_binary_task_with_all_classes_matches_medmnist_evaluator():
     m = classification_metrics(labels, scores, "binary-class")
     assert m["auc"] == pytest.approx(getAUC(labels, scores, "binary-class"))
     assert m["auc"] == pytest.approx(roc_auc_score(labels, scores[:, 1]))
+
+
+def test_a_class_with_one_sample_still_gets_a_per_class_auc():
+    labels = np.array([0, 0, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.8, 0.2], [0.4, 0.6]])
+    m = classification_metrics(labels, probs, "binary-class", ["neg", "pos"])
+    # the one positive (0.6) is above 0.1 and 0.2, below 0.7: 2 of 3 pairs
+    assert m["per_class"]["pos"]["auc"] == pytest.approx(2 / 3)
+    assert m["per_class"]["neg"]["auc"] == pytest.approx(2 / 3)
+    assert m["auc"] == pytest.approx(2 / 3)
