@@ -113,3 +113,43 @@ def test_split_stratified_counts_and_rule():
     assert [len(tiny[s]) for s in ("train", "val", "test")] == [1, 1, 0]
     tiny = split_stratified(_labels([2]), val_fraction=0.1, test_fraction=0.45, seed=0)
     assert [len(tiny[s]) for s in ("train", "val", "test")] == [1, 0, 1]
+
+
+def test_checks_accept_the_range_and_name_bad_values():
+    from ssl_ft.data.subsample import check_fraction, check_limit, check_split_fractions
+    from ssl_ft.errors import UserError
+
+    assert check_fraction(1) == 1.0 and type(check_fraction(1)) is float
+    assert check_fraction(1e-9) == 1e-9
+    for bad in (True, "0.5", None, 0, 0.0, -0.1, 1.0000001):
+        with pytest.raises(UserError, match="label_fraction") as info:
+            check_fraction(bad)
+        assert repr(bad) in str(info.value)
+    with pytest.raises(UserError, match="^p must be"):
+        check_fraction("x", name="p")
+    assert check_limit(None) is None and check_limit(np.int64(3)) == 3
+    assert type(check_limit(np.int64(3))) is int
+    for bad in (True, 0, -1, 2.0, "3"):
+        with pytest.raises(UserError, match="limit must be a positive integer") as info:
+            check_limit(bad)
+        assert repr(bad) in str(info.value)
+    assert check_split_fractions(0, 0.5) == (0.0, 0.5)
+    assert type(check_split_fractions(0, 0.5)[0]) is float
+    assert check_split_fractions(0.3, 0.6999) == (0.3, 0.6999)
+    for val, test, word in ((True, 0.1, "val_fraction"), (0.1, "0.2", "test_fraction"),
+                            (-0.01, 0.1, "val_fraction"), (0.1, 1.0, "test_fraction"),
+                            (1.0, 0.0, "val_fraction"), (0.5, 0.5, "below 1"),
+                            (0.7, 0.4, "below 1")):
+        with pytest.raises(UserError, match=word):
+            check_split_fractions(val, test)
+    with pytest.raises(UserError, match="below 1"):
+        split_stratified(np.zeros(4, int), val_fraction=0.6, test_fraction=0.4)
+
+
+def test_split_stratified_gives_way_on_val_too_and_handles_no_labels():
+    # n 3, val round(1.5) = 2, test round(0.9) = 1: 3 > 2, and val is the larger share -> val 1
+    parts = split_stratified(_labels([3]), val_fraction=0.5, test_fraction=0.3, seed=0)
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [1, 1, 1]
+    empty = split_stratified(np.zeros(0, np.int64), val_fraction=0.1, test_fraction=0.1)
+    assert all(len(v) == 0 and v.dtype == np.int64 for v in empty.values())
+    assert set(empty) == {"train", "val", "test"}
