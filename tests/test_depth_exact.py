@@ -55,7 +55,7 @@ def test_selection_lists_and_strings(resnet18):
 def test_apply_truncates_exactly_the_dropped_units():
     bb = create_backbone("resnet18", in_chans=1)
     sel = DepthMap.from_backbone(bb).select("50-100", 87.5)
-    sel.apply(bb)
+    assert sel.apply(bb) is bb
     assert [u.name for u in bb.units] == [u.name for u in sel.kept]
     assert bb.num_features == 512  # layer4.0 is kept
     trained = {n.split(".")[0] + "." + n.split(".")[1] for n, p in bb.named_parameters()

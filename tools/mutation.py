@@ -22,8 +22,10 @@ child per mutant, swaps the mutated function's code object into the live functio
 A mutant costs about a second plus its tests; a line no mapped test executes is reported as a
 survivor without running.
 
-Results go to ``--out`` (default ``.mutation/``): one JSON line per mutant (``results.jsonl``;
-a rerun skips the mutants already there for the same source) and ``report.md``. Mutants listed
+Results go to ``--out`` (default ``.mutation/``): one JSON line per mutant (``results.jsonl``)
+and ``report.md``. A rerun skips the mutants already there for the same source: killed ones
+always, the others only while the module's mapped tests are unchanged (so new tests are tried
+on the survivors). Mutants listed
 in ``tools/mutation_equivalent.txt`` (``id  reason``) are equivalent (no test can tell them
 apart) and leave the score: ``killed / (mutants - equivalent)``.
 """
@@ -391,12 +393,17 @@ def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -
     todo = [m for f in files for m in mutants(sources[f], f, functions)]
     if sample is not None and sample < len(todo):
         todo = sorted(random.Random(f"{seed}:{name}").sample(todo, sample), key=lambda m: m.index)
+    tests_digest = hashlib.sha256(b"".join(
+        (REPO / t.split("::")[0]).read_bytes() for t in tests)).hexdigest()[:16]
     results_file = out / "results.jsonl"
     done = {}
     if results_file.is_file():
         for line in results_file.read_text().splitlines():
             r = json.loads(line)
-            done[(r["id"], r["digest"])] = r
+            # a killed mutant stays killed when tests are added; any other outcome is run
+            # again once the mapped tests change
+            if r["outcome"] in ("killed", "timeout") or r.get("tests") == tests_digest:
+                done[(r["id"], r["digest"])] = r
     records = [done[(m.id, digests[m.file])] for m in todo if (m.id, digests[m.file]) in done]
     todo = [m for m in todo if (m.id, digests[m.file]) not in done]
     if not todo:
@@ -412,7 +419,8 @@ def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -
                 outcome, seconds = "not covered", 0.0
             else:
                 outcome, seconds = _run_mutant(m, sources[m.file], tests, timeout)
-            rec = {"module": name, "id": m.id, "digest": digests[m.file], "line": m.line,
+            rec = {"module": name, "id": m.id, "digest": digests[m.file], "tests": tests_digest,
+                   "line": m.line,
                    "what": m.what, "outcome": outcome, "seconds": round(seconds, 2)}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
