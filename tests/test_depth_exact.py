@@ -115,6 +115,7 @@ def test_param_rule_gives_a_parameter_free_first_unit_the_next_depth():
 
     specs = [UnitSpec(name=f"u{i}", modules=(), stage=1, out_channels=1) for i in range(4)]
     assert _depths(specs, [0, 0, 30, 10], "param") == [75, 75, 75, 100]
+    assert _depths(specs[:3], [0, 0, 5], "param") == [100, 100, 100]  # up to the last but one
     assert _depths(specs, [1, 1, 1, 1], "block") == [25, 50, 75, 100]
     with pytest.raises(UserError, match="needs units with parameters"):
         _depths(specs, [0, 0, 0, 0], "param")
