@@ -138,9 +138,11 @@ def test_checks_accept_the_range_and_name_bad_values():
     assert check_split_fractions(0.3, 0.6999) == (0.3, 0.6999)
     for val, test, word in ((True, 0.1, "val_fraction"), (0.1, "0.2", "test_fraction"),
                             (-0.01, 0.1, "val_fraction"), (0.1, 1.0, "test_fraction"),
-                            (1.0, 0.0, "val_fraction"), (0.5, 0.5, "below 1"),
-                            (0.7, 0.4, "below 1")):
-        with pytest.raises(UserError, match=word):
+                            (1.0, 0.0, "val_fraction"), (0.0, 1.5, "test_fraction")):
+        with pytest.raises(UserError, match=rf"^{word} must be in \[0, 1\), got "):
+            check_split_fractions(val, test)
+    for val, test in ((0.5, 0.5), (0.7, 0.4)):
+        with pytest.raises(UserError, match=r"^val_fraction \+ test_fraction must be below 1"):
             check_split_fractions(val, test)
     with pytest.raises(UserError, match="below 1"):
         split_stratified(np.zeros(4, int), val_fraction=0.6, test_fraction=0.4)

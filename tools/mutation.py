@@ -53,7 +53,13 @@ EQUIVALENT = REPO / "tools" / "mutation_equivalent.txt"
 # mutate (qualnames) or None for all of them)
 MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "depth": (["ssl_ft/models/depth.py"],
-              ["tests/test_depth_exact.py", "tests/test_depth.py", "tests/test_properties.py"],
+              ["tests/test_depth_exact.py", *[f"tests/test_depth.py::{t}" for t in (
+                  "test_quarters_partition_units", "test_by_stage_quarters_follow_stages",
+                  "test_vgg_by_stage_uses_its_five_pooling_stages", "test_default_rules",
+                  "test_resnet18_units_and_params", "test_param_rule_is_cumulative_share",
+                  "test_table_lists_every_unit", "test_bad_range_strings_name_the_value",
+                  "test_bad_truncate_names_the_value", "test_good_ranges",
+                  "test_empty_selection_is_an_error")], "tests/test_properties.py"],
               None),
     "subsample": (["ssl_ft/data/subsample.py"],
                   ["tests/test_subsample_exact.py", "tests/test_data.py::test_subsample_edge_cases",
