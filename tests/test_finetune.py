@@ -76,14 +76,33 @@ def test_layers_25_50_truncate_75_is_exact(data_root, tmp_path, tool, ckpt, caps
     assert model.meta["layers"] == "25-50" and model.meta["label_names"] == ["normal", "pneumonia"]
 
 
+# units trained / frozen / dropped by 25-50 with truncate 75, worked from each architecture:
+# resnet50 by stage: stem + layer1.0-2 (stage 1), layer2.0-3 trained, layer3.0-5, layer4 dropped;
+# densenet121 by stage: stem + 6 layers + transition1, then 12 + transition2 (trained), 24 +
+# transition3, 16 + norm5 (dropped); vgg19 by block: 16 convolutions, 4 a quarter.
+# Parameters: resnet50 layer2; vgg19 conv5 (128 -> 256) + conv6-8 (256 -> 256), 3x3 with bias.
+DRY_RUN = {"resnet50": ("stage", 4, 10, 3, "layer2.0", 1_219_584),
+           "densenet121": ("stage", 13, 33, 17, "denseblock2.denselayer1", 1_051_776),
+           "vgg19": ("block", 4, 8, 4, "conv5", 295_168 + 3 * 590_080)}
+
+
 @pytest.mark.parametrize("arch", ["resnet50", "densenet121", "vgg19"])
 def test_dry_run_prints_the_table_without_training(data_root, tmp_path, tool, capsys, arch):
     out = tmp_path / "never"
     assert _run(tool, _args(data_root, out, "--checkpoint", "none", "--arch", arch,
                             "--layers", "25-50", "--truncate", "75", "--dry-run")) == 0
     text = capsys.readouterr().out
-    assert f"{arch}: depth by" in text
-    assert all(word in text for word in ("trained", "frozen", "dropped", "trainable backbone"))
+    rule, trained, frozen, dropped, first, params = DRY_RUN[arch]
+    lines = text.splitlines()
+    assert lines[0] == f"{arch}: depth by {rule}; layers 25-50, truncate 75"
+    rows = [ln.split() for ln in lines[2:] if ln.split() and ln.split()[0].isdigit()]
+    counts = {s: sum(r[-1] == s for r in rows) for s in ("trained", "frozen", "dropped")}
+    assert counts == {"trained": trained, "frozen": frozen, "dropped": dropped}
+    assert next(r[1] for r in rows if r[-1] == "trained") == first
+    statuses, k = [r[-1] for r in rows], [r[-1] for r in rows].index("trained")
+    assert statuses == (["frozen"] * k + ["trained"] * trained + ["frozen"] * (frozen - k)
+                        + ["dropped"] * dropped)  # frozen, the range, frozen, cut off
+    assert f"trainable backbone parameters: {params:,} of" in text
     assert not out.exists()
 
 

@@ -107,12 +107,45 @@ def test_sp_gradient_is_the_definition(name):
     assert all(g["weight_decay"] == 0.0 for g in s.param_groups(1e-2))
 
 
-def test_sp_penalty_is_zero_at_the_start_and_keeps_w0_after_training():
-    model = _model()
-    s = _strategy("l2-sp", selected=[8], model=model, alpha=1.0, beta=0.0)
+@pytest.mark.parametrize("name", ["l2-sp", "l1-sp"])
+def test_sp_penalty_is_zero_at_the_start_and_keeps_w0_after_training(pneumonia, name):
+    pretrained = _model(seed=4).state_dict()
+    model = _model(seed=9)
+    model.load_state_dict(pretrained)
+    s = _strategy(name, selected=[7, 8], model=model, alpha=1.0, beta=0.0)
     assert s.penalty().item() == 0.0
-    _perturb(model)
-    assert s.penalty().item() > 0.0
+    # real training: 8 SGD steps of cross-entropy + penalty on PneumoniaMNIST images
+    set_trainable(model, [7, 8])
+    opt = torch.optim.SGD(s.param_groups(0.0), lr=0.05)
+    x, y = pneumonia[:64], torch.arange(64) % 2
+    model.train()
+    for i in range(8):
+        xb, yb = x[i * 8:(i + 1) * 8], y[i * 8:(i + 1) * 8]
+        loss = torch.nn.functional.cross_entropy(model(xb), yb) + s.penalty()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained = {k: v.clone() for k, v in model.state_dict().items()}
+    after = s.penalty().item()
+    assert after > 0.0
+    for key, w0 in s.start.items():  # w0 is still the pretrained tensor, bit for bit
+        assert torch.equal(w0, pretrained[f"backbone.{key}"]), key
+    # the penalty is the distance to w0 as defined, on the trained weights
+    diffs = [trained[f"backbone.{k}"] - pretrained[f"backbone.{k}"] for k in s.start]
+    want = (sum(d.abs().sum() for d in diffs) if name == "l1-sp"
+            else sum(d.pow(2).sum() for d in diffs) / 2)
+    assert after == pytest.approx(float(want), rel=1e-5)
+    # a resumed run: the strategy is built on the pretrained weights, then the trained weights
+    # are loaded (as the engine does); the pull is still towards the pretrained ones
+    resumed = _model(seed=9)
+    resumed.load_state_dict(pretrained)
+    s2 = _strategy(name, selected=[7, 8], model=resumed, alpha=1.0, beta=0.0)
+    resumed.load_state_dict(trained)
+    assert s2.penalty().item() == pytest.approx(after, rel=1e-6)
+    # units outside the selection are not pulled: moving them leaves the penalty alone
+    with torch.no_grad():
+        resumed.backbone.conv1.weight.add_(1.0)
+    assert s2.penalty().item() == pytest.approx(after, rel=1e-6)
 
 
 def test_discriminative_rates_decay_by_depth():
