@@ -7,10 +7,9 @@ global batch 32, 8 SGD steps, no augmentation so that both runs see the same pix
 
 * BatchNorm on fixed statistics (``fixed_bn``, a stand-in for SyncBN, which PyTorch runs on
   GPUs only): the 2-process weights differ from the 1-process ones by 4.9e-3 of the distance the
-  weights moved (5.1e-3 after a single step). The first-step *gradient* of the same model under
-  DDP with gathered negatives, computed outside the engine, matches the 1-process gradient to
-  3.5e-7, so most of that 5e-3 comes from somewhere in the engine's step that is not pinned down
-  yet (see docs/distributed.md). The test allows 2e-2; halving the learning rate (what scaling
+  weights moved (5.1e-3 after a single step). The gap is already in the first step's gradient; a
+  standalone forward/backward of the same model under DDP gets 3.5e-7, so it comes from
+  something in the engine's step that is not pinned down yet (see docs/distributed.md). The test allows 2e-2; halving the learning rate (what scaling
   it by the per-rank instead of the global batch would do) moves the weights by far more.
 * BatchNorm as in training (statistics of each rank's 16 images instead of all 32): the first
   step's gradient has a cosine similarity of 0.17 with the 1-process one (measured outside the
