@@ -4,6 +4,8 @@
     python tools/study.py recipes/study/tiny.yaml
     python tools/study.py recipes/study/khan_fang.yaml --list          # the cells, nothing run
     python tools/study.py recipes/study/khan_fang.yaml workers=2 --report-only
+    python tools/study.py recipes/study/davila.yaml --executor slurm slurm.partition=gpu \
+        slurm.gpus_per_node=1 slurm.timeout_min=240   # each cell a SLURM job (submitit)
 
 Cells already finished are skipped and unfinished ones resumed, so a killed study continues
 when the same command runs again. The report goes to OUT/results.md (with results.csv,
@@ -28,7 +30,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--list", action="store_true", help="print the cells and exit")
     parser.add_argument("--report-only", action="store_true",
                         help="aggregate the finished cells without running any")
+    parser.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
+                        help="where cells run (the recipe's executor key): local processes "
+                             "(default), submitit jobs on this machine, or SLURM jobs; job "
+                             "resources come from the slurm.* keys, e.g. slurm.partition=gpu "
+                             "slurm.timeout_min=240 slurm.cpus_per_task=8 slurm.mem_gb=32 "
+                             "slurm.gpus_per_node=1 (see docs/distributed.md)")
     args = parser.parse_intermixed_args(argv)
+    if args.executor:
+        args.overrides.append(f"executor={args.executor}")
 
     from ssl_ft.study import collect, expand, is_done, load_study, run_study, write_report
 

@@ -6,6 +6,8 @@ al.'s strategies x architectures x datasets). The recipe::
     name: khan_fang
     out: runs/study/khan_fang
     workers: 1                      # cells run in parallel processes
+    executor: local                 # or submitit-local | slurm (jobs through submitit)
+    slurm: {partition: gpu, timeout_min: 240, gpus_per_node: 1}   # resources of a cell's job
     keep: model                     # finished cells keep model.pt (all: + last/best.pt; metrics)
     checkpoints:                    # names usable in the grids; {data} is filled per cell
       simclr: runs/pretrain/simclr_{data}/checkpoint.pt
@@ -44,6 +46,7 @@ from ssl_ft.config import from_dict, read_yaml
 from ssl_ft.ensemble.config import EnsembleConfig
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.config import FinetuneConfig
+from ssl_ft.study.submit import EXECUTORS, SlurmConfig
 
 __all__ = ["Cell", "Study", "expand", "load_study"]
 
@@ -67,6 +70,8 @@ class Study:
     workers: int = 1
     threads: int | None = None     # torch threads per worker (default: cores / workers)
     keep: str = "model"            # files of a finished fine-tuning cell: model | all | metrics
+    executor: str = "local"        # local | submitit-local | slurm (ssl_ft.study.submit)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)  # a cell's job resources
     checkpoints: dict[str, str] = field(default_factory=dict)
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Section | None = None
@@ -77,6 +82,9 @@ class Study:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.keep not in KEEP:
             raise ValueError(f"keep must be one of {', '.join(KEEP)}, got {self.keep!r}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, "
+                             f"got {self.executor!r}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import multiprocessing as mp
 import sys
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None
             _call(kind, config, folder, threads)
             return None
         except BaseException as exc:  # noqa: BLE001  (a study outlives a failed cell)
-            if isinstance(exc, KeyboardInterrupt):
+            if isinstance(exc, KeyboardInterrupt | SystemExit):  # also submitit's requeue exit
                 raise
             text = traceback.format_exc()
             (folder_path / "error.txt").write_text(text)
@@ -151,19 +151,20 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
     Missing inputs stop the study before the first cell (:func:`check_inputs`)."""
     check_inputs(study, cells)
     workers = workers or study.workers
-    threads = study.threads or max(1, available_cores() // workers)
+    threads = study.threads or (study.slurm.cpus_per_task if study.executor == "slurm"
+                                else max(1, available_cores() // workers))
     todo = [c for c in cells if not is_done(c, study.out)]
     for cell in cells:  # also cells that finished just before a kill
         prune(cell, study.out, study.keep)
+    pool = _pool(study, workers)
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=study.name, unit="run",
                disable=not show, file=sys.stderr, dynamic_ncols=True)
+    how = ("as SLURM jobs" if study.executor == "slurm" else f"with {workers} worker(s)")
     print(f"study {study.name}: {len(cells)} cells, {len(cells) - len(todo)} done, "
-          f"{len(todo)} to run with {workers} worker(s) x {threads} thread(s)", file=sys.stderr)
+          f"{len(todo)} to run {how} x {threads} thread(s) ({study.executor})", file=sys.stderr)
     failed: dict[str, str] = {}
     count = [len(cells) - len(todo), len(cells)]
-    pool = (None if workers == 1
-            else ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")))
     try:
         for phase in ("pretrain", "rest"):
             batch = [c for c in todo if (c.kind == "pretrain") == (phase == "pretrain")]
@@ -178,7 +179,18 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
     return failed
 
 
-def _run_batch(batch: list[Cell], study: Study, threads: int, pool: ProcessPoolExecutor | None,
+def _pool(study: Study, workers: int) -> Executor | None:
+    """None (in this process), a process pool, or submitit jobs (:mod:`ssl_ft.study.submit`)."""
+    if study.executor != "local":
+        from ssl_ft.study.submit import make_pool
+
+        return make_pool(study.executor, study.slurm, Path(study.out) / "submitit", study.name,
+                         workers)
+    return None if workers == 1 else ProcessPoolExecutor(workers,
+                                                         mp_context=mp.get_context("spawn"))
+
+
+def _run_batch(batch: list[Cell], study: Study, threads: int, pool: Executor | None,
                bar: tqdm, failed: dict[str, str], count: list[int], show: bool) -> None:
     def finished(cell: Cell, err: str | None, seconds: float) -> None:
         if err is not None:
