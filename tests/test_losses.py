@@ -123,3 +123,11 @@ def test_context_restoration_patches_follow_height_and_width_at_least_one_pixel(
     tiny = _make(Inpainting, mode="context_restoration", patch_size=0.02, num_swaps=1)
     out, _ = tiny.corrupt(x, torch.Generator().manual_seed(3))
     assert (out != x).sum().item() == 2  # round(0.32) = 0 -> one pixel each way
+
+
+def test_weighted_loss_divides_by_small_weight_sums_too():
+    restored = torch.zeros(1, 1, 2, 2)
+    target = torch.ones(1, 1, 2, 2)
+    weight = torch.full((1, 1, 2, 2), 0.125)  # sums to 0.5
+    got = _make(Autoencoder).reconstruction_loss(restored, target, weight)
+    assert got.item() == pytest.approx(1.0)  # (4 * 0.125 * 1) / 0.5
