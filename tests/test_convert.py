@@ -150,3 +150,39 @@ def test_channel_stats_on_a_worked_example():
     assert mean16 == pytest.approx((1000 / 65535,))
     with pytest.raises(ValueError, match="empty"):
         channel_stats(np.zeros((0, 1, 2, 2), np.uint8), 255)
+
+
+def _luma(images):
+    w = np.array([0.299, 0.587, 0.114]).reshape(1, 3, 1, 1)
+    return np.clip(np.rint((images.astype(np.float64) * w).sum(1, keepdims=True)), 0, 255)
+
+
+def test_every_chunk_is_written_including_the_first(monkeypatch):
+    # fresh values (nothing computed from them before), several chunks: the library result
+    # first, the reference after, so no freed buffer can hold the answer already
+    monkeypatch.setattr(convert, "_CHUNK_VALUES", 3 * 4 * 4)
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 256, (5, 3, 4, 4), dtype=np.uint8)
+    grey = convert_channels(images, 1)
+    np.testing.assert_array_equal(grey, _luma(images).astype(np.uint8))
+    big = rng.integers(0, 256, (5, 1, 8, 8), dtype=np.uint8)
+    small = resize_images(big, 4)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(big.astype(np.float32)), size=(4, 4),
+                                          mode="bilinear", align_corners=False, antialias=True)
+    np.testing.assert_array_equal(small, np.clip(np.rint(ref.numpy()), 0, 255).astype(np.uint8))
+
+
+def test_shapes_that_tell_height_width_and_channels_apart():
+    with pytest.raises(ValueError, match="cannot convert 2 channels to 3"):
+        convert_channels(np.zeros((1, 2, 2, 2), np.uint8), 3)
+    tall = np.arange(8 * 4).reshape(1, 1, 8, 4)
+    np.testing.assert_array_equal(centre_crop(tall)[0, 0], tall[0, 0, 2:6, :])  # (8-4)//2 = 2
+    wide = np.arange(3 * 9).reshape(1, 1, 3, 9)
+    np.testing.assert_array_equal(centre_crop(wide)[0, 0], wide[0, 0, :, 3:6])
+    rgb = np.full((2, 3, 9, 9), 77, np.uint8)  # 3 channels resized to 3 px: not the same "3"
+    assert resize_images(rgb, 3).shape == (2, 3, 3, 3)
+    # statistics of non-square images: 2 x 3 pixels, values 0..5 of 5 -> mean 0.5
+    flat = (np.arange(6).reshape(1, 1, 2, 3)).astype(np.uint8)
+    mean, std = channel_stats(flat, 5)
+    assert mean == pytest.approx((0.5,))
+    assert std == pytest.approx((float(np.std(np.arange(6) / 5)),))

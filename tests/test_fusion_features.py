@@ -117,3 +117,47 @@ def test_fusion_net_applies_shift_and_scale_per_block(data_root, tmp_path):
                        torch.tensor(sc, dtype=torch.float32)
                        for f, (sh, sc) in zip(feats, norms, strict=True)], 1)
         torch.testing.assert_close(net(x), net.head(z))
+
+
+def test_file_sha256_is_the_file_digest_and_follows_changes(tmp_path):
+    import hashlib
+    import os
+
+    from ssl_ft.ensemble.members import file_sha256
+
+    path = tmp_path / "w.pt"
+    data = os.urandom(3 << 20)  # more than one read chunk
+    path.write_bytes(data)
+    assert file_sha256(str(path)) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(b"other")  # new size and time: hashed again
+    assert file_sha256(str(path)) == hashlib.sha256(b"other").hexdigest()
+
+
+def test_per_model_values():
+    from ssl_ft.ensemble.members import _per_model
+    from ssl_ft.errors import UserError
+
+    assert _per_model([], 3, "--depth", [1, 2, 3]) == [1, 2, 3]
+    assert _per_model([50], 3, "--depth", [1, 2, 3]) == [50, 50, 50]
+    assert _per_model((25, 75), 2, "--depth", [1, 2]) == [25, 75]
+    with pytest.raises(UserError, match="^2 --layers values for 3 checkpoints"):
+        _per_model(["0-50", "50-100"], 3, "--layers", [None] * 3)
+
+
+def test_feature_keys_tell_models_apart(data_root, tmp_path):
+    ckpt = str(_ckpt(tmp_path / "a.pt", 1, "simclr", "contrastive"))
+
+    def keys(*checkpoints, seed=0, depths=()):
+        cfg = EnsembleConfig(checkpoints=list(checkpoints), data="pneumoniamnist",
+                             data_root=str(data_root), seed=seed, arch="resnet18",
+                             depths=list(depths), out=str(tmp_path / "o"), threads=1)
+        return [m.key for m in load_members(cfg)]
+
+    a, none = keys(ckpt, "none")
+    assert a != none and all(len(k) == 32 and int(k, 16) >= 0 for k in (a, none))
+    assert keys(ckpt, "none") == [a, none]  # deterministic
+    assert keys(ckpt, "none", depths=[25, 100])[0] != a  # another depth, another key
+    # all labels, so the split does not depend on the seed: the seed changes the random-init
+    # weights only, and so only the random-init model's key
+    again, other = keys(ckpt, "none", seed=1)
+    assert again == a and other != none

@@ -113,3 +113,21 @@ def test_genesis_corrupt_has_no_weight_and_uses_its_config():
                    nonlinear_rate=0.0)
     out, _ = always.corrupt(x, torch.Generator().manual_seed(0))
     assert not torch.equal(out, x)  # out-painting always changes the image
+
+
+def test_context_restoration_patches_follow_height_and_width_at_least_one_pixel():
+    x = torch.arange(16 * 32, dtype=torch.float32).view(1, 1, 16, 32) / 512
+    wide = _make(Inpainting, mode="context_restoration", patch_size=0.25, num_swaps=1)
+    out, _ = wide.corrupt(x, torch.Generator().manual_seed(3))
+    assert (out != x).sum().item() == 2 * 4 * 8  # patches of 0.25 * (16, 32) = 4 x 8
+    tiny = _make(Inpainting, mode="context_restoration", patch_size=0.02, num_swaps=1)
+    out, _ = tiny.corrupt(x, torch.Generator().manual_seed(3))
+    assert (out != x).sum().item() == 2  # round(0.32) = 0 -> one pixel each way
+
+
+def test_weighted_loss_divides_by_small_weight_sums_too():
+    restored = torch.zeros(1, 1, 2, 2)
+    target = torch.ones(1, 1, 2, 2)
+    weight = torch.full((1, 1, 2, 2), 0.125)  # sums to 0.5
+    got = _make(Autoencoder).reconstruction_loss(restored, target, weight)
+    assert got.item() == pytest.approx(1.0)  # (4 * 0.125 * 1) / 0.5

@@ -41,9 +41,17 @@ SOURCE = textwrap.dedent('''
         return inner(x) + sum(next(zip([x], [x], strict=True)))
 
 
-    class K:
+    class Base:
+        def __init__(self):
+            self.size = 4
+
+
+    class K(Base):
         name = "k"
-        size = 4
+
+        def __init__(self):
+            super().__init__()
+            self.extra = 1
 
         def method(self, x):
             return x > self.size
@@ -134,6 +142,7 @@ def _one(mut, function, what):
     ("K.double", "Mult->Div", lambda m: m.K().double, 8, 2.0),
     ("K.stat", "Eq->NotEq", lambda m: m.K.stat(1), True, False),
     ("decorated", "Is->IsNot", lambda m: m.decorated(None), True, False),
+    ("K.__init__", "drop statement", lambda m: hasattr(m.K(), "size"), True, False),
 ])
 def test_install_swaps_the_live_function(tmp_path, monkeypatch, mut, function, what, call,
                                          before, after):

@@ -81,8 +81,9 @@ def test_auto_rgn_without_any_gradient_freezes_the_backbone_groups():
     logs = s.on_epoch_start(0, opt, lambda: None)  # a measurement that computes nothing
     assert logs == {} and s.rgn == {}
     assert all(g["lr_scale"] == 1.0 for g in opt.param_groups)  # no RGN: every tensor at lr
-    with pytest.raises(UserError, match="measure_batches"):
+    with pytest.raises(UserError, match="measure_batches must be >= 1, got 0"):
         _strategy("auto-rgn", measure_batches=0)
+    assert _strategy("auto-rgn", measure_batches=1).config.measure_batches == 1
 
 
 def test_discriminative_decay_counts_from_the_last_kept_unit():

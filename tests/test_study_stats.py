@@ -137,3 +137,35 @@ def test_tally_counts_cases_above_and_below():
 def test_p_text():
     assert p_text(float("nan")) == ""
     assert p_text(0.035123) == "0.0351" and p_text(1.0) == "1" and p_text(1.2345e-7) == "1.23e-07"
+
+
+def test_groups_keep_missing_keys_and_their_order():
+    df = _rows({("zz", "a"): [0.8, 0.9], ("aa", "a"): [0.7, 0.9]})
+    df.loc[df["strategy"] == "zz", "model"] = None  # e.g. a run without a model name
+    s = summarize(df)
+    assert s["strategy"].tolist() == ["zz", "aa"] and s["n"].tolist() == [2, 2]
+    assert s["model"].isna().tolist() == [True, False]
+    # paired rows keep the order in which the groups first appear
+    three = _rows({("b", "y"): [0.5, 0.6], ("ft", "y"): [0.4, 0.45], ("a", "y"): [0.3, 0.4],
+                   ("b", "x"): [0.5, 0.6], ("ft", "x"): [0.4, 0.45]})
+    t = paired_tests(three)
+    assert list(zip(t["data"], t["strategy"], strict=True)) == [("y", "b"), ("y", "a"),
+                                                                 ("x", "b")]
+
+
+def test_two_seeds_are_tested_and_differences_are_rounded_to_4_places():
+    df = _rows({("ft", "a"): [0.80, 0.90], ("lp", "a"): [0.823456, 0.912345]})
+    (row,) = paired_tests(df).to_dict("records")
+    assert row["n"] == 2
+    assert row["p"] == pytest.approx(stats.ttest_rel([0.823456, 0.912345], [0.80, 0.90]).pvalue)
+    assert row["per_seed"] == [0.0235, 0.0123]
+
+
+def test_tally_boundaries():
+    tests = pd.DataFrame([
+        {"strategy": "s", "test_auc_diff": 0.0, "p": 0.01},   # no difference: neither side
+        {"strategy": "s", "test_auc_diff": 0.02, "p": 0.05},  # p == alpha: not below it
+        {"strategy": "s", "test_auc_diff": -0.02, "p": 0.05},
+    ])
+    row = tally(tests).iloc[0].to_dict()
+    assert (row["above"], row["below"], row["above_sig"], row["below_sig"]) == (1, 1, 0, 0)

@@ -271,7 +271,22 @@ def install(mutant: Mutant, source: str, module) -> None:
     new = _code_for(code, top)
     if new is None:
         raise LookupError(f"no code object {top} in {mutant.file}")
-    _live_function(module, top).__code__ = new
+    live = _live_function(module, top)
+    if len(new.co_freevars) == len(live.__code__.co_freevars):
+        live.__code__ = new
+        return
+    # a method whose mutant drops its only super() call loses the __class__ cell: put a new
+    # function with the cells it still needs into the class instead
+    import types
+
+    cells = dict(zip(live.__code__.co_freevars, live.__closure__ or (), strict=True))
+    fn = types.FunctionType(new, live.__globals__, live.__name__, live.__defaults__,
+                            tuple(cells[v] for v in new.co_freevars) or None)
+    fn.__kwdefaults__, fn.__qualname__ = live.__kwdefaults__, live.__qualname__
+    owner = module
+    for part in top.split(".")[:-1]:
+        owner = getattr(owner, part)
+    setattr(owner, top.split(".")[-1], fn)
 
 
 def _outer(qual: str, tree: ast.Module) -> str:
@@ -406,9 +421,10 @@ def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -
     if results_file.is_file():
         for line in results_file.read_text().splitlines():
             r = json.loads(line)
-            # a killed mutant stays killed when tests are added; any other outcome is run
-            # again once the mapped tests change
-            if r["outcome"] in ("killed", "timeout") or r.get("tests") == tests_digest:
+            # a killed mutant stays killed when tests are added; a survivor is run again
+            # once the mapped tests change, an error (the tool's, not the tests') always
+            if r["outcome"] in ("killed", "timeout") or (
+                    r.get("tests") == tests_digest and r["outcome"] != "error"):
                 done[(r["id"], r["digest"])] = r
     records = [done[(m.id, digests[m.file])] for m in todo if (m.id, digests[m.file]) in done]
     todo = [m for m in todo if (m.id, digests[m.file]) not in done]
