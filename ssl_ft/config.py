@@ -8,14 +8,18 @@ A recipe is a YAML mapping whose keys mirror a dataclass tree (for example
     ...                   overrides=["train.epochs=1", "data.limit=256", "out=/tmp/run"])
 
 Overrides are ``dotted.key=value``; the value is parsed as YAML (``1``, ``0.5``, ``true``,
-``null``, ``[1, 2]``, ``abc``). :func:`to_dict` gives the resolved recipe back as plain data,
-which is what run folders and checkpoints store.
+``null``, ``[1, 2]``, ``abc``). A float key also takes the numbers YAML 1.1 leaves as strings
+(``lr: 1e6``, ``1.0e-3``); NaN and infinity are refused. An empty recipe file is refused (write
+``{}`` to run every default). :func:`to_dict` gives the resolved recipe back as plain data, which
+is what run folders and checkpoints store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,6 +33,8 @@ from ssl_ft.errors import UserError
 __all__ = ["apply_overrides", "from_dict", "load_recipe", "parse_override", "to_dict"]
 
 T = TypeVar("T")
+# a number YAML 1.1 leaves as a string: 1e6, 1E-3, +2e5 (no dot, or no sign in the exponent)
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def to_dict(cfg: Any) -> Any:
@@ -111,8 +117,12 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise bad
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {key} = {value!r} must be a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -195,7 +205,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"recipe {path} is not valid YAML{line}") from None
     if data is None:
-        data = {}
+        raise UserError(f"recipe {path} is empty; give at least one key (an empty mapping {{}} "
+                        "runs every default)")
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of keys, not {type(data).__name__}")
     return data
