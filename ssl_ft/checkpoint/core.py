@@ -215,16 +215,24 @@ def read_state_dict(
     return found, None
 
 
-def export_safetensors(checkpoint_path: PathLike, out_path: PathLike) -> Path:
+def export_safetensors(checkpoint: Checkpoint | PathLike, out_path: PathLike) -> Path:
     """Write the backbone weights of a checkpoint to a ``.safetensors`` file, atomically.
 
-    The meta goes as JSON into the safetensors metadata under ``"ssl_ft"`` (``"format": "pt"`` is
-    set too, as Hugging Face tools expect). Any file :func:`read_state_dict` accepts can be
-    exported; one without ssl_ft meta gets no ``"ssl_ft"`` entry. Returns ``out_path``.
+    ``checkpoint`` is a loaded :class:`Checkpoint` (``export_safetensors(load_checkpoint(p),
+    out)``) or the path of any file :func:`read_state_dict` accepts (one without ssl_ft meta gets
+    no ``"ssl_ft"`` entry). The meta goes as JSON into the safetensors metadata under
+    ``"ssl_ft"`` (``"format": "pt"`` is set too, as Hugging Face tools expect). Returns
+    ``out_path``.
     """
     from safetensors.torch import save as safetensors_bytes
 
-    state, meta = read_state_dict(checkpoint_path)
+    if isinstance(checkpoint, Checkpoint):
+        state, meta = checkpoint.backbone, checkpoint.meta
+    elif isinstance(checkpoint, str | os.PathLike):
+        state, meta = read_state_dict(checkpoint)
+    else:
+        raise TypeError(f"export_safetensors takes a Checkpoint or a path, not "
+                        f"{type(checkpoint).__name__}")
     tensors = {
         key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
         for key, value in state.items()
