@@ -33,8 +33,9 @@ from ssl_ft.errors import UserError
 __all__ = ["apply_overrides", "from_dict", "load_recipe", "parse_override", "to_dict"]
 
 T = TypeVar("T")
-# a number YAML 1.1 leaves as a string: 1e6, 1E-3, +2e5 (no dot, or no sign in the exponent)
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# numbers YAML 1.1 leaves as strings: 1e6, 1.0e6 (no dot, or no sign in the exponent); nan/inf
+# (then refused as not finite)
+_NUMBER = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)[eE][-+]?\d+|nan|inf|infinity)", re.I)
 
 
 def to_dict(cfg: Any) -> Any:
