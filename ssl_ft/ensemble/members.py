@@ -26,6 +26,7 @@ from torch import nn
 
 from ssl_ft.checkpoint import read_state_dict
 from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
@@ -134,6 +135,7 @@ def load_members(cfg) -> list[Member]:
             data[chans] = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size,
                                     channels=chans, label_fraction=cfg.label_fraction,
                                     limit=cfg.limit, seed=cfg.seed, download=cfg.download)
+            check_learnable(data[chans])
         splits = data[chans]
         torch.manual_seed(cfg.seed)  # random-init members are reproducible
         # --arch is for the models without metadata; ssl_ft checkpoints say their own

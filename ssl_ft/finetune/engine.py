@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import (
@@ -112,6 +113,7 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     splits = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
                        label_fraction=cfg.label_fraction, limit=cfg.limit, seed=cfg.seed,
                        download=cfg.download)
+    check_learnable(splits)
     info = splits.info
     backbone, source = build_backbone(cfg.checkpoint, info, arch=cfg.arch, stem=cfg.stem,
                                       normalization=cfg.normalization)

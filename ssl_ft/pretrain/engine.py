@@ -35,6 +35,7 @@ from ssl_ft.augment import BatchAugment
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, load_data, subsample
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
@@ -219,6 +220,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     d = cfg.data
     splits = load_data(d.name, data_root=d.root, size=d.size, channels=d.channels, limit=d.limit,
                        seed=cfg.seed, download=d.download)
+    if cfg.eval.every:
+        check_learnable(splits, "the online evaluation needs labels: set eval.every=0")
     method = build_method(cfg, splits).to(device)
     optimizer = _optimizer(cfg, method)
     images = splits.images["train"]
