@@ -83,6 +83,9 @@ def test_grid_expansion(tmp_path):
     ({"workers": 0}, "workers"),
     ({"keep": "weights"}, "keep must be one of"),
     ({"colour": 1}, "colour"),
+    ({"finetune": {"base": {"epochs": 1}}, "ensemble": None}, "finetune.grid is empty"),
+    ({"ensemble": {"grid": {}}}, "ensemble.grid is empty"),
+    ({"finetune": None, "ensemble": None}, "no finetune or ensemble section"),
 ])
 def test_bad_study_recipes_name_the_problem(tmp_path, change, needle):
     with pytest.raises(UserError, match=needle):
