@@ -75,6 +75,14 @@ def test_grid_expansion(tmp_path):
     assert fusion.config["checkpoints"][0] == "runs/simclr_pneumoniamnist/checkpoint.pt"
 
 
+def test_a_section_of_extra_entries_only_has_no_default_cell(tmp_path):
+    study = load_study(_study(tmp_path, ensemble=None, finetune={
+        "base": {"epochs": 1}, "extra": [{"checkpoint": "none", "seed": 0},
+                                         {"checkpoint": "none", "seed": 1}]}))
+    assert [c.labels for c in expand(study)] == [{"checkpoint": "none", "seed": 0},
+                                                 {"checkpoint": "none", "seed": 1}]
+
+
 @pytest.mark.parametrize(("change", "needle"), [
     ({"finetune": {"grid": {"layers,truncate": [["0-25"]]}}}, "does not have 2 values"),
     ({"finetune": {"grid": {"seed": []}}}, "non-empty list"),

@@ -147,7 +147,7 @@ def expand(study: Study) -> list[Cell]:
         if section is None:
             continue
         axes = _axes(section.grid)
-        entries = [{}] + list(section.extra)
+        entries = ([{}] if axes else []) + list(section.extra)  # no axes: extras only
         for entry in entries:
             fixed = {tuple(k.strip() for k in key.split(",")): v for key, v in entry.items()}
             free = [(names, rows) for names, rows in axes if tuple(names) not in fixed]
