@@ -43,9 +43,11 @@ from ssl_ft.finetune.steps import lr_at, train_mode
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
 from ssl_ft.probe import fit_probe
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
+    check_can_create,
     make_run_folder,
     resolve_device,
     resolve_precision,
@@ -169,7 +171,14 @@ def _predict(net: nn.Module, splits, split: str, device: torch.device,
 
 
 def ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
-    """Run one fusion with its baselines; writes ``out/metrics.json`` and returns it."""
+    """Run one fusion with its baselines; writes ``out/metrics.json`` and returns it. The run
+    folder is locked (:class:`~ssl_ft.runlock.RunLock`) and the feature cache checked first."""
+    check_can_create(cache_dir(cfg.cache_dir))
+    with RunLock(cfg.out):
+        return _ensemble(cfg)
+
+
+def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     set_threads(cfg.threads, Dist())

@@ -48,6 +48,7 @@ from ssl_ft.finetune.strategies import Strategy, get_strategy
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -131,7 +132,7 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) one fine-tuning run; returns the run folder."""
-    with distributed(cfg.device) as (dist, device):
+    with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
         return _finetune(cfg, dist, device, resume, progress)
 
 

@@ -41,6 +41,7 @@ from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.evaluate import extract_features, probe
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -201,7 +202,7 @@ def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path) -> None:
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) a pretraining recipe; returns the run folder."""
-    with distributed(cfg.train.device) as (dist, device):
+    with distributed(cfg.train.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
         return _pretrain(cfg, dist, device, resume, progress)
 
 

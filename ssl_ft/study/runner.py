@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssl_ft.errors import UserError
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
 
@@ -124,8 +125,15 @@ def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -
 def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
               progress: bool | None = None) -> dict[str, str]:
     """Run every unfinished cell; returns ``{cell id: error}`` for the cells that failed.
-    Missing inputs stop the study before the first cell (:func:`check_inputs`)."""
+    Missing inputs stop the study before the first cell (:func:`check_inputs`). The study
+    folder is locked while it runs (:class:`~ssl_ft.runlock.RunLock`; each cell locks its own)."""
     check_inputs(study, cells)
+    with RunLock(study.out):
+        return _run_study(study, cells, workers, progress)
+
+
+def _run_study(study: Study, cells: list[Cell], workers: int | None,
+               progress: bool | None) -> dict[str, str]:
     workers = workers or study.workers
     threads = study.threads or max(1, available_cores() // workers)
     todo = [c for c in cells if not is_done(c, study.out)]
