@@ -48,6 +48,7 @@ from ssl_ft.finetune.strategies import Strategy, get_strategy
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.resume import check_same_recipe, rewrite_jsonl
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
@@ -161,11 +162,7 @@ def _meta(p: Prepared, epoch: int) -> dict[str, Any]:
 
 
 def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> None:
-    now = to_dict(cfg)
-    for key, value in now.items():
-        if key not in _RESUMABLE and old.get(key) != value:
-            raise UserError(f"cannot resume {path}: it was made with {key}={old.get(key)!r}, "
-                            f"the recipe now says {value!r}")
+    check_same_recipe(old, to_dict(cfg), sorted(_RESUMABLE), path)
 
 
 def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: bool,
@@ -216,6 +213,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if dist.is_main:
         make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch or None)

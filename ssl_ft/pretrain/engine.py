@@ -41,6 +41,12 @@ from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.evaluate import extract_features, probe
+from ssl_ft.resume import (
+    PRETRAIN_MAY_CHANGE,
+    check_same_recipe,
+    checkpoint_complete,
+    rewrite_jsonl,
+)
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
@@ -189,15 +195,11 @@ def _head_state(method: SSLMethod) -> dict[str, torch.Tensor]:
     return {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")}
 
 
-def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path) -> None:
-    old = ckpt_meta.get("recipe", {})
-    for section, key in (("", "method"), ("model", "arch"), ("model", "stem"), ("data", "name")):
-        was = old.get(key) if not section else old.get(section, {}).get(key)
-        now = getattr(cfg, key) if not section else getattr(getattr(cfg, section), key)
-        if was != now:
-            name = f"{section}.{key}" if section else key
-            raise UserError(f"cannot resume {path}: it was made with {name}={was!r}, "
-                            f"the recipe now says {now!r}")
+def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path,
+                     info: DataInfo | None = None) -> None:
+    """The whole resolved recipe must be the one the run was made with (see ssl_ft.resume)."""
+    check_same_recipe(ckpt_meta.get("recipe", {}), resolved_recipe(cfg, info),
+                      PRETRAIN_MAY_CHANGE, path)
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
@@ -246,7 +248,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     start_epoch, step, history = 0, 0, []
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
-        _check_resumable(ckpt.meta, cfg, last)
+        _check_resumable(ckpt.meta, cfg, last, splits.info)
         state = dict(ckpt.extra["method_state"])
         state.update({f"backbone.{k}": v for k, v in ckpt.backbone.items()})
         method.load_state_dict(state)
@@ -266,6 +268,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
                                                           sort_keys=False))
+        rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
@@ -300,6 +303,9 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         if dist.is_main:
             _end_of_epoch(cfg, method, optimizer, splits, out, epoch + 1, step, history,
                           writer, last_epoch)
+    if dist.is_main and start_epoch == cfg.train.epochs and not checkpoint_complete(
+            out / "checkpoint.pt", start_epoch):  # finished, but checkpoint.pt lost or torn
+        _save_final(method, _meta(cfg, method, splits, start_epoch), out)
     if writer is not None:
         writer.close()
     return out
@@ -329,14 +335,20 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
     meta = _meta(cfg, method, splits, epoch)
     backbone = method.backbone.state_dict()
     heads = _head_state(method)
+    # last.pt is written last: a run killed before it has all of this epoch's files redone
+    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
+        save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
+                        extra={"method_state": heads})
+    if last_epoch:
+        _save_final(method, meta, out)
     save_checkpoint(out / "last.pt", backbone, meta, extra={
         "method_state": heads, "method_extra": method.extra_state(),
         "optimizer": optimizer.state_dict(), "step": step,
         "history": [json.dumps(h) for h in history],
     })
-    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
-        save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
-                        extra={"method_state": heads})
-    if last_epoch:
-        save_checkpoint(out / "checkpoint.pt", backbone, meta, extra={"method_state": heads})
-        print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
+
+
+def _save_final(method: SSLMethod, meta: dict, out: Path) -> None:
+    save_checkpoint(out / "checkpoint.pt", method.backbone.state_dict(), meta,
+                    extra={"method_state": _head_state(method)})
+    print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
