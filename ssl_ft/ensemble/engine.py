@@ -40,6 +40,7 @@ from ssl_ft.ensemble.members import (
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
 from ssl_ft.finetune.steps import lr_at, train_mode
+from ssl_ft.finite import check_gradients, check_loss
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
 from ssl_ft.probe import fit_probe
@@ -148,8 +149,10 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
             with autocast(device, precision):
                 x = x_all[idx].to(device).float() / info.max_value
                 loss = nn.functional.cross_entropy(net(x).float(), y_all[idx].to(device))
+            check_loss(loss, f"epoch {epoch + 1}, step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            check_gradients(net, f"epoch {epoch + 1}, step {step}")
             opt.step()
             step += 1
         val = classification_metrics(splits.labels["val"], _predict(net, splits, "val", device,

@@ -45,6 +45,13 @@ from ssl_ft.finetune.model import (
 )
 from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
+from ssl_ft.finite import (
+    chance_loss,
+    check_gradients,
+    check_loss,
+    check_state,
+    warn_if_diverging,
+)
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
@@ -254,10 +261,10 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
                 loss = loss_fn(net(x).float(), yb.to(device))
             extra = strategy.penalty()
             total = loss + extra if extra is not None else loss
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss is {total.item()} at epoch {epoch + 1}")
+            check_loss(total, f"epoch {epoch + 1}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             total.backward()
+            check_gradients(model, f"epoch {epoch + 1}, step {step}")
             optimizer.step()
             step += 1
             seen += len(x)
@@ -267,6 +274,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
                       "train_loss": loss_sum / max(1, seen), "lr": lr,
                       "images_per_s": seen / max(1e-9, time.perf_counter() - t0),
                       "trained_units": len(trained)})
+        check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
         if dist.is_main:
             best = _end_of_epoch(p, out, stats, best, history, optimizer, step, writer,
                                  device, precision)
@@ -291,6 +299,8 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
         best = {"auc": float(score), "epoch": epoch}
         save_finetuned(out / "best.pt", model, _meta(p, epoch))
     history.append(stats)
+    chance = chance_loss(p.splits.info.num_classes)
+    warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
     _log_epoch(writer, out, stats, p.cfg.epochs)
     save_checkpoint(out / "last.pt", model.backbone.state_dict(), _meta(p, epoch), extra={
         "head": model.head.state_dict(), "optimizer": optimizer.state_dict(),

@@ -37,6 +37,7 @@ from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, load_data, subsample
 from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.finite import check_gradients, check_loss, check_state, warn_if_diverging
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
@@ -127,10 +128,10 @@ def train_one_epoch(
         with autocast(device, precision):
             out = model(x)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        check_loss(loss, f"epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        check_gradients(method, f"epoch {epoch + 1}, step {step}")
         optimizer.step()
         method.after_step(step, total_steps)
         step += 1
@@ -291,6 +292,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
             model, method, loader, optimizer, epoch=epoch, step=step, total_steps=total,
             lr_fn=lr_fn, device=device, precision=precision,
             max_value=splits.info.max_value, writer=writer, show_progress=show)
+        check_state(method, f"the end of epoch {epoch + 1}")  # before anything is written
         last_epoch = epoch + 1 == cfg.train.epochs
         if cfg.eval.every and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
             if dist.is_main:
@@ -325,6 +327,7 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
                   splits: ArraySplits, out: Path, epoch: int, step: int, history: list[dict],
                   writer: Any, last_epoch: bool) -> None:
     stats = history[-1]
+    warn_if_diverging(history, "loss")
     for key, value in stats.items():
         if key != "epoch" and writer is not None:
             writer.add_scalar(f"epoch/{key}", value, epoch)
