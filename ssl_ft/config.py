@@ -162,7 +162,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "recipe",
     except (TypeError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise UserError(f"{where}: {exc}") from None
-        raise UserError(f"{where}: {prefix or ''}{exc}") from None
+        text = str(exc)  # a __post_init__ message may name the key with its section already
+        raise UserError(f"{where}: {'' if text.startswith(prefix) else prefix}{text}") from None
     return obj
 
 
