@@ -114,7 +114,7 @@ def load_torch(path: Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if "Weights only load failed" not in str(exc) or not _head(path).startswith((b"PK", b"\x80")):
             raise UserError(f"cannot read checkpoint {path}: {_reason(path, exc)}") from exc
         found = _GLOBAL.search(str(exc))
         what = f" ({found.group(1)})" if found else ""
