@@ -11,8 +11,8 @@ records the holder (pid, host, start time, command) for the message a second pro
 A ``.lock`` file whose ``flock`` is free was left by a process that died (``SIGKILL``, a power
 cut): it is recognised as stale, reported in one line and taken over. A clean exit deletes the
 file (and the folder, if the lock created it and nothing was written). Taking a lock also
-deletes the temporary files that killed writers left in the folder (``.NAME.tmp-PID-XXXXXXXX``,
-see :func:`ssl_ft.checkpoint._files.atomic_write`): only the holder writes there, so they are
+deletes the temporary files that killed writers left in the folder
+(``.NAME.tmp-HOST-PID-XXXXXXXX``, see :func:`ssl_ft.checkpoint._files.atomic_write`): only the holder writes there, so they are
 garbage.
 
 Locks are re-entrant within a process (the study tool locks its folder around

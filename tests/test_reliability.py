@@ -118,3 +118,23 @@ def test_finetune_resume_rewrites_metrics_to_the_checkpoint(data_root, tmp_path,
     assert code == 0, err
     assert _rows(out / "metrics.jsonl") == rows
     assert json.loads((out / "metrics.json").read_text())["test"] == before["test"]
+
+
+def test_stale_temp_files_are_those_of_dead_writers_of_this_host(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ssl_ft.checkpoint._files import _HOST, atomic_write, stale_temp_files
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = [f".a.npz.tmp-{_HOST}-{dead.pid}-0badf00d",      # killed writer: stale
+             f".b.npz.tmp-{_HOST}-{os.getpid()}-0badf00d",   # a live writer (this process)
+             f".c.npz.tmp-otherhost-{dead.pid}-0badf00d",    # another host's: left alone
+             "d.npz"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert stale_temp_files(tmp_path) == [tmp_path / names[0]]
+    atomic_write(tmp_path / "e.npz", lambda f: f.write(b"y"))  # leaves no temp of its own
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*names, "e.npz"])

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ssl_ft.checkpoint import read_state_dict
+from ssl_ft.checkpoint._files import atomic_write, stale_temp_files
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
@@ -189,9 +190,9 @@ def member_features(member: Member, cache: Path, device: torch.device,
                             precision=precision).numpy()
         for s in SPLITS}
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **member.features)
-    tmp.replace(path)
+    for stale in stale_temp_files(cache):  # left by a process killed while it wrote there
+        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda file: np.savez(file, **member.features))
     print(f"{member.name}: features computed ({member.dim} at {member.depth:g} %), cached in "
           f"{path}", file=sys.stderr)
     return member.features
