@@ -75,6 +75,20 @@ def test_grid_expansion(tmp_path):
     assert fusion.config["checkpoints"][0] == "runs/simclr_pneumoniamnist/checkpoint.pt"
 
 
+def test_a_cell_killed_after_its_last_file_loses_its_stale_lock_and_temp_files(tmp_path):
+    from ssl_ft.runlock import LOCK_NAME
+    from ssl_ft.study.grid import Cell
+    from ssl_ft.study.runner import prune
+
+    cell = Cell("finetune", "finetune/x", {}, {})
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+    for name in ("metrics.json", "model.pt", "last.pt", LOCK_NAME, ".best.pt.tmp-vm-1-0badf00d"):
+        (folder / name).write_text("{}")
+    prune(cell, tmp_path, "model")
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.pt"]
+
+
 def test_a_section_of_extra_entries_only_has_no_default_cell(tmp_path):
     study = load_study(_study(tmp_path, ensemble=None, finetune={
         "base": {"epochs": 1}, "extra": [{"checkpoint": "none", "seed": 0},

@@ -270,6 +270,9 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, splits.info),
                                                           sort_keys=False))
         rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
+        if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
+            _derived_files(cfg, method, _meta(cfg, method, splits, start_epoch), out,
+                           start_epoch, only_missing=True)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
@@ -305,9 +308,6 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         if dist.is_main:
             _end_of_epoch(cfg, method, optimizer, splits, out, epoch + 1, step, history,
                           writer, last_epoch)
-    if dist.is_main and start_epoch == cfg.train.epochs and not checkpoint_complete(
-            out / "checkpoint.pt", start_epoch):  # finished, but checkpoint.pt lost or torn
-        _save_final(method, _meta(cfg, method, splits, start_epoch), out)
     if writer is not None:
         writer.close()
     return out
@@ -338,20 +338,25 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
     meta = _meta(cfg, method, splits, epoch)
     backbone = method.backbone.state_dict()
     heads = _head_state(method)
-    # last.pt is written last: a run killed before it has all of this epoch's files redone
-    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
-        save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
-                        extra={"method_state": heads})
-    if last_epoch:
-        _save_final(method, meta, out)
     save_checkpoint(out / "last.pt", backbone, meta, extra={
         "method_state": heads, "method_extra": method.extra_state(),
         "optimizer": optimizer.state_dict(), "step": step,
         "history": [json.dumps(h) for h in history],
     })
+    _derived_files(cfg, method, meta, out, epoch, only_missing=False)
 
 
-def _save_final(method: SSLMethod, meta: dict, out: Path) -> None:
-    save_checkpoint(out / "checkpoint.pt", method.backbone.state_dict(), meta,
-                    extra={"method_state": _head_state(method)})
-    print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
+def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path, epoch: int,
+                   only_missing: bool) -> None:
+    """The files made from an epoch's state after last.pt commits it: the epoch_NNNN.pt
+    snapshot and, at the end, checkpoint.pt. A resumed run writes those that a kill cut short
+    (``only_missing``: absent, unreadable or of another epoch)."""
+    names = [f"epoch_{epoch:04d}.pt"] if cfg.train.save_every and \
+        epoch % cfg.train.save_every == 0 else []
+    names += ["checkpoint.pt"] if epoch == cfg.train.epochs else []
+    for name in names:
+        if not only_missing or not checkpoint_complete(out / name, epoch):
+            save_checkpoint(out / name, method.backbone.state_dict(), meta,
+                            extra={"method_state": _head_state(method)})
+            if name == "checkpoint.pt":
+                print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)

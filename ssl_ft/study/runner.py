@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssl_ft.errors import UserError
-from ssl_ft.runlock import RunLock
+from ssl_ft.runlock import LOCK_NAME, RunLock, is_temp_file
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
 
@@ -36,10 +36,17 @@ def is_done(cell: Cell, out: str | Path) -> bool:
 def prune(cell: Cell, out: str | Path, keep: str) -> None:
     """Delete what a finished fine-tuning cell no longer needs (``Study.keep``): its resume
     state ``last.pt`` and ``best.pt`` (a copy of model.pt), so that hundreds of cells do not fill
-    the disk (a resnet50 cell holds ~0.4 GB otherwise)."""
-    if cell.kind == "finetune" and is_done(cell, out):
+    the disk (a resnet50 cell holds ~0.4 GB otherwise). A finished cell of any kind whose run was
+    killed after its last file (before it let go of its lock) loses the stale lock and temp files."""
+    if not is_done(cell, out):
+        return
+    folder = cell.folder(out)
+    if any(p.name == LOCK_NAME or is_temp_file(p) for p in folder.iterdir()):
+        with contextlib.suppress(UserError), RunLock(folder):  # in use elsewhere: left alone
+            pass
+    if cell.kind == "finetune":
         for name in KEEP[keep]:
-            (cell.folder(out) / name).unlink(missing_ok=True)
+            (folder / name).unlink(missing_ok=True)
 
 
 def check_inputs(study: Study, cells: list[Cell]) -> None:
