@@ -1,4 +1,10 @@
-"""Shared plumbing for the scripts in ``tools/``: exit status 2 with a one-line message on bad input."""
+"""Shared plumbing for the scripts in ``tools/``: one-line errors and exit statuses.
+
+Exit status 0 on success; 2 with ``error: <one line>`` on bad input (:class:`UserError`, and
+argparse's own errors); 3 with ``error: <one line>`` when training or evaluation met a NaN or an
+infinity (:class:`~ssl_ft.finite.NonFiniteError`; nothing non-finite was written and the last
+checkpoint is the last good one); 130 when interrupted; 1 for a study with failed cells.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 
 from ssl_ft.errors import UserError
+from ssl_ft.finite import EXIT_NONFINITE, NonFiniteError
 
 __all__ = ["add_recipe_flags", "recipe_and_overrides", "run"]
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and status 2.
+    """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and status 2,
+    a :class:`~ssl_ft.finite.NonFiniteError` into ``error: ...`` and status 3.
 
     ``argparse`` already exits with status 2 on bad flags. Anything else that escapes is a bug in
     ssl_ft and keeps its traceback.
@@ -22,6 +30,9 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except NonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NONFINITE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -8,14 +8,18 @@ A recipe is a YAML mapping whose keys mirror a dataclass tree (for example
     ...                   overrides=["train.epochs=1", "data.limit=256", "out=/tmp/run"])
 
 Overrides are ``dotted.key=value``; the value is parsed as YAML (``1``, ``0.5``, ``true``,
-``null``, ``[1, 2]``, ``abc``). :func:`to_dict` gives the resolved recipe back as plain data,
-which is what run folders and checkpoints store.
+``null``, ``[1, 2]``, ``abc``). A float key also takes the numbers YAML 1.1 leaves as strings
+(``lr: 1e6``, ``1.0e-3``); NaN and infinity are refused. An empty recipe file is refused (write
+``{}`` to run every default). :func:`to_dict` gives the resolved recipe back as plain data, which
+is what run folders and checkpoints store.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -29,6 +33,9 @@ from ssl_ft.errors import UserError
 __all__ = ["apply_overrides", "from_dict", "load_recipe", "parse_override", "to_dict"]
 
 T = TypeVar("T")
+# numbers YAML 1.1 leaves as strings: 1e6, 1.0e6 (no dot, or no sign in the exponent); nan/inf
+# (then refused as not finite)
+_NUMBER = re.compile(r"[-+]?((\d+\.?\d*|\.\d+)[eE][-+]?\d+|nan|inf|infinity)", re.I)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -111,8 +118,12 @@ def _convert(value: Any, tp: Any, key: str, where: str) -> Any:
             raise bad
         return dict(value)
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e6 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
+        if not math.isfinite(value):
+            raise UserError(f"{where}: {key} = {value!r} must be a finite number")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -151,7 +162,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "recipe",
     except (TypeError, ValueError) as exc:
         if isinstance(exc, UserError):
             raise UserError(f"{where}: {exc}") from None
-        raise UserError(f"{where}: {prefix or ''}{exc}") from None
+        text = str(exc)  # a __post_init__ message may name the key with its section already
+        raise UserError(f"{where}: {'' if text.startswith(prefix) else prefix}{text}") from None
     return obj
 
 
@@ -195,7 +207,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         line = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"recipe {path} is not valid YAML{line}") from None
     if data is None:
-        data = {}
+        raise UserError(f"recipe {path} is empty; give at least one key (an empty mapping {{}} "
+                        "runs every default)")
     if not isinstance(data, dict):
         raise UserError(f"recipe {path} must be a mapping of keys, not {type(data).__name__}")
     return data

@@ -12,17 +12,20 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssl_ft.checkpoint import load_checkpoint
+from ssl_ft.checkpoint import read_state_dict
 from ssl_ft.data import load_data
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.finetune.model import build_backbone
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
-from ssl_ft.models import DepthMap, check_input_size, create_backbone
+from ssl_ft.models import DepthMap, check_input_size
 from ssl_ft.pretrain.evaluate import extract_features, padded_proba
 
 __all__ = ["ProbeResult", "fit_probe", "linear_probe"]
@@ -63,31 +66,35 @@ def linear_probe(
     allow_overlap: bool = False,
 ) -> ProbeResult:
     """Probe a checkpoint (or, with ``checkpoint=None``, a randomly initialised ``arch``
-    seeded by ``seed``) on ``data``. ``truncate`` probes the pooled output at that depth;
-    ``size`` and ``channels`` resize / convert the images as in fine-tuning (default: the
-    data's size, the checkpoint's channels, else the data's)."""
+    seeded by ``seed``) on ``data``. The checkpoint is an ssl_ft checkpoint or any file
+    :func:`~ssl_ft.checkpoint.read_state_dict` reads (plain torchvision/timm state dicts,
+    wrapped ones, safetensors), which then needs ``arch``. ``truncate`` probes the pooled
+    output at that depth; ``size`` and ``channels`` resize / convert the images as in
+    fine-tuning (default: the data's size, the checkpoint's channels, else the data's)."""
     from sklearn.preprocessing import StandardScaler
 
-    meta = load_checkpoint(checkpoint).meta if checkpoint else {}
-    arch = arch or meta.get("arch")
-    if arch is None:
-        raise UserError("a probe without a checkpoint needs an arch")
-    if meta and arch != meta["arch"]:
+    meta = (read_state_dict(_existing(checkpoint))[1] or {}) if checkpoint else {}
+    if not meta and arch is None:
+        what = f"{checkpoint} is a plain state dict without ssl_ft metadata" if checkpoint \
+            else "a probe without a checkpoint"
+        raise UserError(f"{what}; it needs an arch (--arch, e.g. resnet18)")
+    if meta and arch is not None and arch != meta["arch"]:
         raise UserError(f"checkpoint {checkpoint} holds a {meta['arch']}, not a {arch}")
-    stem = stem or meta.get("stem", "standard")
     splits = load_data(data, data_root=data_root, label_fraction=label_fraction, limit=limit,
                        seed=seed, size=size,
                        channels=channels or meta.get("in_chans"))
+    check_learnable(splits)
     info = splits.info
     guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
                      allow=allow_overlap,
                      warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     torch.manual_seed(seed)
-    backbone = create_backbone(arch, in_chans=info.n_channels, stem=stem,
-                               weights=str(checkpoint) if checkpoint else "none")
+    backbone, source = build_backbone(str(checkpoint) if checkpoint else "none", info,
+                                      arch=None if meta else arch, stem=stem)
+    arch = source["arch"]
     check_input_size(backbone, info.image_size)
     DepthMap.from_backbone(backbone).select("0-100", truncate).apply(backbone)
-    norm = meta.get("normalization", {"mean": info.mean, "std": info.std})
+    norm = {"mean": source["mean"], "std": source["std"]}
     dev = torch.device(device)
     backbone.to(dev)
     feats = {
@@ -105,6 +112,13 @@ def linear_probe(
     return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
                        c, {"auc": val["auc"], "acc": val["acc"]}, test, seed,
                        int(info.image_size), int(info.n_channels))
+
+
+def _existing(checkpoint: str | os.PathLike) -> str | os.PathLike:
+    if not Path(checkpoint).is_file():
+        raise UserError(f"checkpoint {str(checkpoint)!r} does not exist (give a file, or 'none' "
+                        "with --arch for a random init)")
+    return checkpoint
 
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,

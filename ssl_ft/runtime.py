@@ -23,6 +23,7 @@ __all__ = [
     "Dist",
     "autocast",
     "available_cores",
+    "check_can_create",
     "cleanup_distributed",
     "cpu_has_bf16",
     "distributed",
@@ -87,6 +88,25 @@ def make_run_folder(out: str | os.PathLike) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
     return out
+
+
+def check_can_create(path: str | os.PathLike, what: str = "folder") -> Path:
+    """Raise a :class:`UserError` now, before any work, if ``path`` (a ``"folder"`` or a
+    ``"file"``) could not be created later: a regular file on its way, or a folder where a file
+    is asked for. Nothing is created. Returns ``Path(path)``."""
+    path = Path(path).expanduser()
+    if what == "file" and path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder")
+    if what == "folder" and path.exists() and not path.is_dir():
+        raise UserError(f"cannot create folder {path}: a file of that name exists")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot create {path}: {parent} is not writable")
+            break
+    return path
 
 
 def cleanup_distributed() -> None:

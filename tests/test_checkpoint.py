@@ -546,6 +546,20 @@ def test_export_safetensors(tmp_path: Path, saved: tuple[Path, dict, dict, dict]
     assert report.missing == [] and report.unexpected == []
 
 
+def test_export_safetensors_takes_a_checkpoint_object_as_documented(
+        tmp_path: Path, saved: tuple[Path, dict, dict, dict]) -> None:
+    path = saved[0]
+    ckpt = load_checkpoint(path)
+    from_object = export_safetensors(ckpt, tmp_path / "obj.safetensors")  # docs/checkpoints.md
+    from_path = export_safetensors(path, tmp_path / "path.safetensors")
+    a, b = load_checkpoint(from_object), load_checkpoint(from_path)
+    assert a.meta == b.meta == ckpt.meta
+    assert a.backbone.keys() == b.backbone.keys()
+    assert all(torch.equal(a.backbone[k], b.backbone[k]) for k in a.backbone)
+    with pytest.raises(TypeError, match="takes a Checkpoint or a path, not dict"):
+        export_safetensors(ckpt.backbone, tmp_path / "x.safetensors")
+
+
 def test_export_plain_state_dict_with_shared_tensors(tmp_path: Path) -> None:
     w = torch.randn(4, 4)
     torch.save({"a": w, "b": w, "c": w[1]}, tmp_path / "tied.pt")  # shared storage

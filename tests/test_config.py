@@ -91,3 +91,31 @@ def test_from_dict_wrong_override_type():
     with pytest.raises(UserError, match="command line: inner.lr = 'fast'"):
         load_recipe(None, Outer, ["inner.lr=fast"])
     assert from_dict(Outer, {}).inner.epochs == 1
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e6", 1e6), ("1E-3", 1e-3), ("1.0e6", 1e6),
+                                             ("-2e+2", -200.0), (" 5e1 ", 50.0)])
+def test_float_keys_take_the_numbers_yaml_1_1_leaves_as_strings(tmp_path, text, value):
+    assert load_recipe(None, Outer, [f"inner.lr={text}"]).inner.lr == value
+    p = tmp_path / "r.yaml"
+    p.write_text(f"inner:\n  lr: {text}\n")
+    lr = load_recipe(p, Outer).inner.lr
+    assert isinstance(lr, float) and lr == value
+    with pytest.raises(UserError, match="limit = '1e3' has the wrong type"):  # ints stay strict
+        load_recipe(None, Outer, ["limit=1e3"])
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_non_finite_floats_are_refused(text):
+    with pytest.raises(UserError, match=r"inner.lr = .* must be a finite number"):
+        load_recipe(None, Outer, [f"inner.lr={text}"])
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n"])
+def test_empty_recipe_file_is_refused(tmp_path, text):
+    p = tmp_path / "empty.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError, match=f"recipe {p} is empty"):
+        load_recipe(p, Outer)
+    p.write_text("{}\n")  # an explicit empty mapping runs the defaults
+    assert load_recipe(p, Outer) == Outer()

@@ -61,3 +61,32 @@ def test_metrics_follow_medmnist_conventions():
     assert m3["acc"] == pytest.approx(0.75)
     # one-vs-rest mean of class AUCs 1, 2.5/3 (a tie counts half) and 3/4
     assert m3["auc"] == pytest.approx((1 + 2.5 / 3 + 0.75) / 3)
+
+
+def test_probe_takes_plain_state_dicts_and_safetensors_as_its_help_says(data_root, tmp_path,
+                                                                         tool, capsys):
+    import torch
+    import torchvision
+
+    from ssl_ft.checkpoint import export_safetensors
+
+    torch.manual_seed(3)
+    plain = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), plain)
+    st = export_safetensors(plain, tmp_path / "resnet18.safetensors")
+    results = []
+    for ckpt in (plain, st):
+        out = tmp_path / f"{ckpt.suffix[1:]}.json"
+        code = run(tool("probe").main, ["--checkpoint", str(ckpt), "--arch", "resnet18",
+                                        "--data", "breastmnist", "--data-root", str(data_root),
+                                        "--channels", "3", "--limit", "100", "--out", str(out)])
+        assert code == 0, capsys.readouterr().err
+        (r,) = json.loads(out.read_text())
+        assert r["checkpoint"] == str(ckpt) and (r["arch"], r["channels"]) == ("resnet18", 3)
+        results.append(r)
+    assert results[0]["test"] == results[1]["test"]  # the same weights, two file formats
+    assert 0 < results[0]["test"]["auc"] <= 1
+    code = run(tool("probe").main, ["--checkpoint", str(plain), "--data", "breastmnist",
+                                    "--data-root", str(data_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and "plain state dict" in err and "--arch" in err

@@ -75,6 +75,28 @@ def test_grid_expansion(tmp_path):
     assert fusion.config["checkpoints"][0] == "runs/simclr_pneumoniamnist/checkpoint.pt"
 
 
+def test_a_cell_killed_after_its_last_file_loses_its_stale_lock_and_temp_files(tmp_path):
+    from ssl_ft.runlock import LOCK_NAME
+    from ssl_ft.study.grid import Cell
+    from ssl_ft.study.runner import prune
+
+    cell = Cell("finetune", "finetune/x", {}, {})
+    folder = cell.folder(tmp_path)
+    folder.mkdir(parents=True)
+    for name in ("metrics.json", "model.pt", "last.pt", LOCK_NAME, ".best.pt.tmp-vm-1-0badf00d"):
+        (folder / name).write_text("{}")
+    prune(cell, tmp_path, "model")
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.json", "model.pt"]
+
+
+def test_a_section_of_extra_entries_only_has_no_default_cell(tmp_path):
+    study = load_study(_study(tmp_path, ensemble=None, finetune={
+        "base": {"epochs": 1}, "extra": [{"checkpoint": "none", "seed": 0},
+                                         {"checkpoint": "none", "seed": 1}]}))
+    assert [c.labels for c in expand(study)] == [{"checkpoint": "none", "seed": 0},
+                                                 {"checkpoint": "none", "seed": 1}]
+
+
 @pytest.mark.parametrize(("change", "needle"), [
     ({"finetune": {"grid": {"layers,truncate": [["0-25"]]}}}, "does not have 2 values"),
     ({"finetune": {"grid": {"seed": []}}}, "non-empty list"),
@@ -83,6 +105,9 @@ def test_grid_expansion(tmp_path):
     ({"workers": 0}, "workers"),
     ({"keep": "weights"}, "keep must be one of"),
     ({"colour": 1}, "colour"),
+    ({"finetune": {"base": {"epochs": 1}}, "ensemble": None}, "finetune.grid is empty"),
+    ({"ensemble": {"grid": {}}}, "ensemble.grid is empty"),
+    ({"finetune": None, "ensemble": None}, "no finetune or ensemble section"),
 ])
 def test_bad_study_recipes_name_the_problem(tmp_path, change, needle):
     with pytest.raises(UserError, match=needle):

@@ -9,10 +9,8 @@ on validation AUC, test AUC/ACC with MedMNIST conventions.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ssl_ft.cli import run
 
@@ -20,7 +18,8 @@ from ssl_ft.cli import run
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="probe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
-                   help="an ssl_ft checkpoint or state dict, or 'none' for a random init")
+                   help="an ssl_ft checkpoint, a plain or wrapped state dict (.pt) or a "
+                        ".safetensors file (these two need --arch), or 'none' for a random init")
     p.add_argument("--arch", help="backbone (required with --checkpoint none)")
     p.add_argument("--stem", choices=["standard", "midres", "lowres"], default=None)
     p.add_argument("--data", required=True, help="dataset name, .npz path or image folder")
@@ -42,7 +41,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import numpy as np
 
+    from ssl_ft.checkpoint import write_json
     from ssl_ft.probe import linear_probe
+    from ssl_ft.runtime import check_can_create
+
+    if args.out:  # fail now, not after the probes
+        check_can_create(args.out, "file")
 
     ckpt = None if args.checkpoint == "none" else args.checkpoint
     results = []
@@ -61,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"ACC {acc.mean():.4f} +- {acc.std(ddof=1) if len(acc) > 1 else 0:.4f} "
           f"over {len(results)} seed(s)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.executor:
         args.overrides.append(f"executor={args.executor}")
 
+    from ssl_ft.runlock import RunLock
     from ssl_ft.study import collect, expand, is_done, load_study, run_study, write_report
 
     study = load_study(args.recipe, args.overrides)
@@ -50,8 +51,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{state}  {cell.id}")
         print(f"{len(cells)} cells")
         return
-    failed = {} if args.report_only else run_study(study, cells)
-    files = write_report(collect(cells, study.out), study.out, study.name)
+    with RunLock(study.out):  # one study at a time in its folder, from the start to the report
+        failed = {} if args.report_only else run_study(study, cells)
+        files = write_report(collect(cells, study.out), study.out, study.name)
     print(f"wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)

@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import secrets
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -16,7 +17,8 @@ import torch
 
 from ssl_ft.errors import UserError
 
-__all__ = ["atomic_write", "check_file", "is_safetensors", "load_safetensors", "load_torch"]
+__all__ = ["atomic_write", "check_file", "is_safetensors", "load_safetensors", "load_torch",
+           "stale_temp_files"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
@@ -26,8 +28,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     """Call ``write(file)`` on a temp file beside ``path``, fsync it and rename it onto ``path``.
 
     Readers see either the previous file or the complete new one, even if the process is killed
-    mid-write (a killed process may leave a ``.NAME.tmp-PID-XXXXXXXX`` file behind, never a
-    truncated ``path``). On any exception the temp file is removed and ``path`` is untouched.
+    mid-write (a killed process may leave a ``.NAME.tmp-HOST-PID-XXXXXXXX`` file behind, never a
+    truncated ``path``; :func:`stale_temp_files` finds those of dead processes). On any exception the temp file is removed and ``path`` is untouched.
     A symlink at ``path`` is replaced by the new file; the file it pointed to is left alone (so
     a ``last.pt -> epoch3.pt`` link never overwrites ``epoch3.pt``). ``OSError`` (no space, no
     permission) becomes :class:`UserError`; other exceptions propagate unchanged.
@@ -40,12 +42,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot write {target}: cannot create {parent}: {_os_reason(exc)}") from exc
-    tmp = parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = parent / f".{target.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         with open(tmp, "xb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        _fault_point(target)
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -55,6 +58,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
         raise
     _fsync_dir(parent)
     return target
+
+
+#: Testing hooks (tools/killtest.py): ``SSL_FT_KILL_AT_WRITE=N`` makes the process SIGKILL itself
+#: inside its N-th atomic write, after the temp file is complete and before the rename;
+#: ``SSL_FT_WRITE_LOG=FILE`` appends the target of every atomic write to FILE.
+KILL_AT_WRITE_ENV = "SSL_FT_KILL_AT_WRITE"
+WRITE_LOG_ENV = "SSL_FT_WRITE_LOG"
+_HOST = re.sub(r"[^A-Za-z0-9.]+", "_", socket.gethostname()) or "host"
+_TEMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+_writes = 0
+
+
+def _fault_point(target: Path) -> None:
+    global _writes
+    _writes += 1
+    log = os.environ.get(WRITE_LOG_ENV)
+    if log:
+        with open(log, "a") as fh:
+            fh.write(f"{target}\n")
+    wanted = os.environ.get(KILL_AT_WRITE_ENV)
+    if wanted and wanted.isdigit() and _writes == int(wanted):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stale_temp_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The temp files of :func:`atomic_write` in ``folder`` whose writer, a process of this
+    host, no longer runs (killed mid-write); files of other hosts are left alone."""
+    found = []
+    for path in Path(folder).glob(".*.tmp-*"):
+        m = _TEMP.match(path.name)
+        if m and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+            found.append(path)
+    return found
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
 
 
 def write_json(path: str | os.PathLike[str], obj: object) -> Path:
@@ -114,7 +162,7 @@ def load_torch(path: Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        if "Weights only load failed" not in str(exc) or not _head(path).startswith((b"PK", b"\x80")):
             raise UserError(f"cannot read checkpoint {path}: {_reason(path, exc)}") from exc
         found = _GLOBAL.search(str(exc))
         what = f" ({found.group(1)})" if found else ""

@@ -40,6 +40,7 @@ from ssl_ft.checkpoint._files import (
 )
 from ssl_ft.checkpoint._plain import plain_backbone, plain_extra, plain_meta
 from ssl_ft.errors import UserError
+from ssl_ft.finite import first_non_finite
 
 __all__ = [
     "FORMAT",
@@ -167,7 +168,8 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
 
     Raises:
         UserError: the file is missing, unreadable, truncated, not an ssl_ft checkpoint (use
-            :func:`read_state_dict` for plain state dicts) or from a newer ssl_ft.
+            :func:`read_state_dict` for plain state dicts), from a newer ssl_ft, or holds a NaN
+            or infinity in any tensor (the message names the tensor).
     """
     p = check_file(path)
     if is_safetensors(p):
@@ -178,6 +180,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Checkpoint:
                 "read_state_dict loads plain weights"
             )
         _check_meta(meta, p)
+        _check_finite(tensors, p)
         return Checkpoint(path=p, meta=meta, backbone=tensors, extra={})
     obj = load_torch(p, map_location)
     if not _is_ours(obj):
@@ -204,7 +207,9 @@ def read_state_dict(
     """
     p = check_file(path)
     if is_safetensors(p):
-        return load_safetensors(p, map_location)
+        tensors, meta = load_safetensors(p, map_location)
+        _check_finite(tensors, p)
+        return tensors, meta
     obj = load_torch(p, map_location)
     if _is_ours(obj):
         meta, backbone, _ = _unpack(obj, p)
@@ -212,19 +217,28 @@ def read_state_dict(
     found = _find_state_dict(obj)
     if found is None:
         raise UserError(f"no state dict found in {p} ({_describe(obj)})")
+    _check_finite(found, p)
     return found, None
 
 
-def export_safetensors(checkpoint_path: PathLike, out_path: PathLike) -> Path:
+def export_safetensors(checkpoint: Checkpoint | PathLike, out_path: PathLike) -> Path:
     """Write the backbone weights of a checkpoint to a ``.safetensors`` file, atomically.
 
-    The meta goes as JSON into the safetensors metadata under ``"ssl_ft"`` (``"format": "pt"`` is
-    set too, as Hugging Face tools expect). Any file :func:`read_state_dict` accepts can be
-    exported; one without ssl_ft meta gets no ``"ssl_ft"`` entry. Returns ``out_path``.
+    ``checkpoint`` is a loaded :class:`Checkpoint` (``export_safetensors(load_checkpoint(p),
+    out)``) or the path of any file :func:`read_state_dict` accepts (one without ssl_ft meta gets
+    no ``"ssl_ft"`` entry). The meta goes as JSON into the safetensors metadata under
+    ``"ssl_ft"`` (``"format": "pt"`` is set too, as Hugging Face tools expect). Returns
+    ``out_path``.
     """
     from safetensors.torch import save as safetensors_bytes
 
-    state, meta = read_state_dict(checkpoint_path)
+    if isinstance(checkpoint, Checkpoint):
+        state, meta = checkpoint.backbone, checkpoint.meta
+    elif isinstance(checkpoint, str | os.PathLike):
+        state, meta = read_state_dict(checkpoint)
+    else:
+        raise TypeError(f"export_safetensors takes a Checkpoint or a path, not "
+                        f"{type(checkpoint).__name__}")
     tensors = {
         key: value.detach().to("cpu").clone(memory_format=torch.contiguous_format)
         for key, value in state.items()
@@ -292,7 +306,17 @@ def _unpack(obj: Mapping[str, Any], path: Path) -> tuple[dict[str, Any], dict[st
     if not isinstance(extra, dict):
         raise UserError(f"cannot read checkpoint {path}: its 'extra' is not a dict")
     _check_meta(meta, path)
+    _check_finite(backbone, path)
+    _check_finite(extra, path, "extra.")
     return meta, dict(backbone), extra
+
+
+def _check_finite(tensors: Any, path: Path, prefix: str = "") -> None:
+    """Refuse a checkpoint that holds a NaN or infinity (a diverged run's weights)."""
+    found = first_non_finite(tensors, prefix)
+    if found is not None:
+        raise UserError(f"checkpoint {path} holds {found[1]} values in {found[0]}: it comes "
+                        "from a diverged run and cannot be used")
 
 
 def _check_meta(meta: Mapping[str, Any], path: Path) -> None:

@@ -13,7 +13,9 @@
 A bare name is looked up in that order (MedMNIST, then the root, then as a relative path); a
 string with a path separator or an ``.npz`` suffix, and any ``os.PathLike``, is a path. Without a
 manifest entry the labels of an ``.npz`` are named after a MedMNIST key matching the file stem
-(``pathmnist_64.npz``) or else ``"0"``, ``"1"``, ... (binary-class iff two classes).
+(``pathmnist_64.npz``) or else ``"0"``, ``"1"``, ... (binary-class iff two classes); such
+numbered classes must all have training images (no gaps), and in any dataset a class of val or
+test must have training images (:mod:`ssl_ft.data.checks`).
 
 The data root is, in order: the ``data_root`` argument, the ``SSL_FT_DATA`` environment
 variable, then ``~/.medmnist`` (the medmnist package's own default).
@@ -33,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ssl_ft.data.arrays import SPLITS, ArraySplits, DataInfo, SourceArrays
+from ssl_ft.data.checks import check_labels_cover
 from ssl_ft.data.convert import check_channels, check_size
 from ssl_ft.data.folder import load_folder
 from ssl_ft.data.medmnist_registry import (
@@ -76,8 +79,9 @@ def list_datasets(data_root: str | os.PathLike[str] | None = None) -> list[str]:
     return sorted(p.stem for p in root.glob("*.npz") if p.is_file() and not p.name.startswith("."))
 
 
-def _npz_metadata(path: Path, labels: dict[str, np.ndarray]) -> tuple[str, tuple[str, ...]]:
-    """Task and label names for an ``.npz``: manifest entry, MedMNIST stem, or numbered."""
+def _npz_metadata(path: Path, labels: dict[str, np.ndarray]) -> tuple[str, tuple[str, ...], bool]:
+    """Task, label names and whether the names are declared, for an ``.npz``: manifest entry,
+    MedMNIST stem (both declared), or numbered after the largest label (not declared)."""
     entry = find_manifest_entry(path)
     if entry is not None:
         key, fields = entry
@@ -90,14 +94,14 @@ def _npz_metadata(path: Path, labels: dict[str, np.ndarray]) -> tuple[str, tuple
         task = normalise_task(fields.get("task", default_task), source=source)
         if task == "binary-class" and len(names_t) != 2:
             raise UserError(f"{source}: task binary-class but {len(names_t)} labels")
-        return task, names_t
+        return task, names_t, True
     stem = re.sub(r"_(28|64|128|224)$", "", path.stem).lower()
     if is_medmnist_name(stem):
         key, info = medmnist_entry(stem)
-        return medmnist_task(key, info), medmnist_label_names(info)
+        return medmnist_task(key, info), medmnist_label_names(info), True
     top = max((int(v.max()) for v in labels.values() if len(v)), default=0)
     names_t = tuple(str(i) for i in range(top + 1))
-    return ("binary-class" if len(names_t) == 2 else "multi-class"), names_t
+    return ("binary-class" if len(names_t) == 2 else "multi-class"), names_t, False
 
 
 def _check_label_range(labels: dict[str, np.ndarray], n_classes: int, source: Path) -> None:
@@ -236,6 +240,7 @@ def load_data(
         raise UserError(f"seed must be an integer, got {seed!r}")
     root = resolve_data_root(data_root)
     kind, name, path = _resolve(data, root, size, download)
+    declared = True
     if kind == "folder":
         source, label_names = load_folder(
             path, size=size, channels=channels, val_fraction=val_fraction,
@@ -248,8 +253,9 @@ def load_data(
             key, info = medmnist_entry(name)
             task, label_names = medmnist_task(key, info), medmnist_label_names(info)
         else:
-            task, label_names = _npz_metadata(path, source.labels)
+            task, label_names, declared = _npz_metadata(path, source.labels)
     _check_label_range(source.labels, len(label_names), path)
+    check_labels_cover(source.labels, len(label_names), path, declared=declared)
     images, labels, indices = _subset(source, label_fraction, limit, int(seed))
     train = source.images["train"]
     info = DataInfo(

@@ -40,13 +40,16 @@ from ssl_ft.ensemble.members import (
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
 from ssl_ft.finetune.steps import lr_at, train_mode
+from ssl_ft.finite import check_gradients, check_loss
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
 from ssl_ft.probe import fit_probe
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
+    check_can_create,
     make_run_folder,
     resolve_device,
     resolve_precision,
@@ -147,8 +150,10 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
             with autocast(device, precision):
                 x = x_all[idx].to(device).float() / info.max_value
                 loss = nn.functional.cross_entropy(net(x).float(), y_all[idx].to(device))
+            check_loss(loss, f"epoch {epoch + 1}, step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            check_gradients(net, f"epoch {epoch + 1}, step {step}")
             opt.step()
             step += 1
         val = classification_metrics(splits.labels["val"], _predict(net, splits, "val", device,
@@ -170,7 +175,14 @@ def _predict(net: nn.Module, splits, split: str, device: torch.device,
 
 
 def ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
-    """Run one fusion with its baselines; writes ``out/metrics.json`` and returns it."""
+    """Run one fusion with its baselines; writes ``out/metrics.json`` and returns it. The run
+    folder is locked (:class:`~ssl_ft.runlock.RunLock`) and the feature cache checked first."""
+    check_can_create(cache_dir(cfg.cache_dir))
+    with RunLock(cfg.out):
+        return _ensemble(cfg)
+
+
+def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     set_threads(cfg.threads, Dist())

@@ -25,7 +25,9 @@ import torch
 from torch import nn
 
 from ssl_ft.checkpoint import read_state_dict
+from ssl_ft.checkpoint._files import atomic_write, stale_temp_files
 from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
@@ -134,6 +136,7 @@ def load_members(cfg) -> list[Member]:
             data[chans] = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size,
                                     channels=chans, label_fraction=cfg.label_fraction,
                                     limit=cfg.limit, seed=cfg.seed, download=cfg.download)
+            check_learnable(data[chans])
         splits = data[chans]
         torch.manual_seed(cfg.seed)  # random-init members are reproducible
         # --arch is for the models without metadata; ssl_ft checkpoints say their own
@@ -187,9 +190,9 @@ def member_features(member: Member, cache: Path, device: torch.device,
                             precision=precision).numpy()
         for s in SPLITS}
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **member.features)
-    tmp.replace(path)
+    for stale in stale_temp_files(cache):  # left by a process killed while it wrote there
+        stale.unlink(missing_ok=True)
+    atomic_write(path, lambda file: np.savez(file, **member.features))
     print(f"{member.name}: features computed ({member.dim} at {member.depth:g} %), cached in "
           f"{path}", file=sys.stderr)
     return member.features

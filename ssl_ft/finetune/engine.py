@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import (
@@ -45,10 +46,19 @@ from ssl_ft.finetune.model import (
 from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, prefix_bytes
 from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
+from ssl_ft.finite import (
+    chance_loss,
+    check_gradients,
+    check_loss,
+    check_state,
+    warn_if_diverging,
+)
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.resume import check_same_recipe, rewrite_jsonl
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -118,6 +128,7 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     splits = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
                        label_fraction=cfg.label_fraction, limit=cfg.limit, seed=cfg.seed,
                        download=cfg.download)
+    check_learnable(splits)
     info = splits.info
     leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
                             allow=cfg.allow_overlap, warn=_warn)
@@ -165,7 +176,7 @@ def _warn(msg: str) -> None:
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) one fine-tuning run; returns the run folder."""
-    with distributed(cfg.device) as (dist, device):
+    with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
         return _finetune(cfg, dist, device, resume, progress)
 
 
@@ -195,11 +206,7 @@ def _meta(p: Prepared, epoch: int) -> dict[str, Any]:
 
 
 def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> None:
-    now = to_dict(cfg)
-    for key, value in now.items():
-        if key not in _RESUMABLE and old.get(key) != value:
-            raise UserError(f"cannot resume {path}: it was made with {key}={old.get(key)!r}, "
-                            f"the recipe now says {value!r}")
+    check_same_recipe(old, to_dict(cfg), sorted(_RESUMABLE), path)
 
 
 def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: bool,
@@ -253,6 +260,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if dist.is_main:
         make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch or None)
@@ -294,10 +302,11 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
                 loss = loss_fn(net(x).float(), yb.to(device))
             extra = strategy.penalty()
             total = loss + extra if extra is not None else loss
-            if not torch.isfinite(total):
-                raise FloatingPointError(f"loss is {total.item()} at epoch {epoch + 1}")
+            check_loss(total, f"epoch {epoch + 1}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+            scaler.unscale_(optimizer)
+            check_gradients(model, f"epoch {epoch + 1}, step {step}")
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -308,6 +317,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
                       "train_loss": loss_sum / max(1, seen), "lr": lr,
                       "images_per_s": seen / max(1e-9, time.perf_counter() - t0),
                       "trained_units": len(trained)})
+        check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
         if dist.is_main:
             best = _end_of_epoch(p, out, stats, best, history, optimizer, step, writer,
                                  device, precision)
@@ -332,6 +342,8 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
         best = {"auc": float(score), "epoch": epoch}
         save_finetuned(out / "best.pt", model, _meta(p, epoch))
     history.append(stats)
+    chance = chance_loss(p.splits.info.num_classes)
+    warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
     _log_epoch(writer, out, stats, p.cfg.epochs)
     save_checkpoint(out / "last.pt", model.backbone.state_dict(), _meta(p, epoch), extra={
         "head": model.head.state_dict(), "optimizer": optimizer.state_dict(),

@@ -22,6 +22,7 @@ from torch import nn
 from ssl_ft.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from ssl_ft.data import DataInfo
 from ssl_ft.errors import UserError
+from ssl_ft.finite import check_tensor
 from ssl_ft.models import create_backbone
 
 __all__ = ["FinetuneModel", "build_backbone", "load_finetuned", "predict_proba", "save_finetuned",
@@ -189,4 +190,6 @@ def predict_proba(model: nn.Module, images: np.ndarray | torch.Tensor, *, max_va
         out.append(torch.softmax(model(x).float(), 1).cpu())
     if not out:
         return np.zeros((0, model.head.out_features), dtype=np.float32)
-    return torch.cat(out).numpy()
+    probs = torch.cat(out)
+    check_tensor(probs, "predicted probabilities")
+    return probs.numpy()

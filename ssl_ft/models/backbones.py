@@ -50,7 +50,7 @@ from torch import nn
 from ssl_ft.errors import UserError
 
 __all__ = [
-    "ARCHS", "STEMS", "Backbone", "UnitSpec", "create_backbone", "family_of", "list_archs",
+    "ARCHS", "MIN_IMAGE_SIZE", "STEMS", "Backbone", "UnitSpec", "create_backbone", "family_of", "list_archs",
     "check_input_size", "load_backbone_weights", "torchvision_model",
 ]
 
@@ -71,6 +71,8 @@ ARCHS: dict[str, str] = {
     "vgg19_bn": "vgg",
 }
 STEMS = ("standard", "midres", "lowres")
+#: The smallest image side that training, probes and fusion accept (``data.size=1`` is refused).
+MIN_IMAGE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -204,7 +206,11 @@ class Backbone(nn.Sequential):
 
 
 def check_input_size(backbone: Backbone, image_size: int) -> None:
-    """Raise :class:`UserError` if ``image_size`` is too small for ``backbone``'s pooling."""
+    """Raise :class:`UserError` if ``image_size`` is too small for ``backbone``'s pooling, or
+    smaller than :data:`MIN_IMAGE_SIZE` (a 1-7 px image runs through any backbone, on padding)."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"image size {image_size} px is too small to learn from (at least "
+                        f"{MIN_IMAGE_SIZE} px per side; MedMNIST's smallest is 28)")
     probe = torch.zeros(1, backbone.in_chans, image_size, image_size)
     was_training = backbone.training
     try:

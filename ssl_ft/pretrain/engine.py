@@ -35,13 +35,22 @@ from ssl_ft.augment import BatchAugment
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, subsample
+from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.finite import check_gradients, check_loss, check_state, warn_if_diverging
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.data import PretrainData, WeightedEpochSampler, load_pretrain_data
 from ssl_ft.pretrain.evaluate import extract_features, probe
 from ssl_ft.pretrain.summary import best_epoch, run_summary
+from ssl_ft.resume import (
+    PRETRAIN_MAY_CHANGE,
+    check_same_recipe,
+    checkpoint_complete,
+    rewrite_jsonl,
+)
+from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -124,11 +133,11 @@ def train_one_epoch(
         with autocast(device, precision):
             out = model(x)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step}")
+        check_loss(loss, f"epoch {epoch + 1}, step {step}")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # before_step sees true gradients (a no-op but for fp16)
+        check_gradients(method, f"epoch {epoch + 1}, step {step}")
         method.before_step(step, total_steps)
         scaler.step(optimizer)
         scaler.update()
@@ -200,20 +209,16 @@ def _head_state(method: SSLMethod) -> dict[str, torch.Tensor]:
     return {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")}
 
 
-def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path) -> None:
-    old = ckpt_meta.get("recipe", {})
-    for section, key in (("", "method"), ("model", "arch"), ("model", "stem"), ("data", "name")):
-        was = old.get(key) if not section else old.get(section, {}).get(key)
-        now = getattr(cfg, key) if not section else getattr(getattr(cfg, section), key)
-        if was != now:
-            name = f"{section}.{key}" if section else key
-            raise UserError(f"cannot resume {path}: it was made with {name}={was!r}, "
-                            f"the recipe now says {now!r}")
+def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path,
+                     info: DataInfo | None = None) -> None:
+    """The whole resolved recipe must be the one the run was made with (see ssl_ft.resume)."""
+    check_same_recipe(ckpt_meta.get("recipe", {}), resolved_recipe(cfg, info),
+                      PRETRAIN_MAY_CHANGE, path)
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
     """Run (or resume) a pretraining recipe; returns the run folder."""
-    with distributed(cfg.train.device) as (dist, device):
+    with distributed(cfg.train.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
         return _pretrain(cfg, dist, device, resume, progress)
 
 
@@ -232,6 +237,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     seed_everything(cfg.seed)
     data = load_pretrain_data(cfg)
     info = data.info
+    if cfg.eval.every and data.eval is not None:
+        check_learnable(data.eval, "the online evaluation needs labels: set eval.every=0")
     method = build_method(cfg, info).to(device)
     optimizer = _optimizer(cfg, method)
     images = data.images
@@ -257,7 +264,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     start_epoch, step, history = 0, 0, []
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
-        _check_resumable(ckpt.meta, cfg, last)
+        _check_resumable(ckpt.meta, cfg, last, info)
         state = dict(ckpt.extra["method_state"])
         state.update({f"backbone.{k}": v for k, v in ckpt.backbone.items()})
         method.load_state_dict(state)
@@ -277,6 +284,13 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         make_run_folder(out)
         (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, info),
                                                           sort_keys=False))
+        # no rows of an epoch cut short by a kill (the epoch-0 score lives in history only)
+        rewrite_jsonl(out / "metrics.jsonl", [h for h in history if h.get("epoch", 0) >= 1])
+        if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
+            _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision), out,
+                           start_epoch, only_missing=True,
+                           extra={"method_state": _head_state(method),
+                                  "seen_codes": torch.from_numpy(data.pool.codes)})
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
@@ -301,6 +315,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
             model, method, loader, optimizer, epoch=epoch, step=step, total_steps=total,
             lr_fn=lr_fn, device=device, precision=precision,
             max_value=info.max_value, writer=writer, show_progress=show)
+        check_state(method, f"the end of epoch {epoch + 1}")  # before anything is written
         last_epoch = epoch + 1 == cfg.train.epochs
         if scoring and ((epoch + 1) % cfg.eval.every == 0 or last_epoch):
             if dist.is_main:
@@ -332,6 +347,7 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
                   data: PretrainData, out: Path, epoch: int, step: int, history: list[dict],
                   writer: Any, last_epoch: bool, precision: str) -> None:
     stats = history[-1]
+    warn_if_diverging(history, "loss")
     for key, value in stats.items():
         if key != "epoch" and writer is not None:
             writer.add_scalar(f"epoch/{key}", value, epoch)
@@ -348,15 +364,27 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
         "optimizer": optimizer.state_dict(), "step": step,
         "history": [json.dumps(h) for h in history], **seen,
     })
-    if cfg.train.save_every and epoch % cfg.train.save_every == 0:
-        save_checkpoint(out / f"epoch_{epoch:04d}.pt", backbone, meta,
-                        extra={"method_state": heads, **seen})
+    seen_extra = {"method_state": heads, **seen}
+    _derived_files(cfg, method, meta, out, epoch, only_missing=False, extra=seen_extra)
     best = best_epoch(history, f"{cfg.eval.method}_auc")
     if best is not None and best["epoch"] == epoch:
-        save_checkpoint(out / "best.pt", backbone, meta, extra={"method_state": heads, **seen})
+        save_checkpoint(out / "best.pt", backbone, meta, extra=seen_extra)
     if last_epoch:
-        save_checkpoint(out / "checkpoint.pt", backbone, meta, extra={"method_state": heads, **seen})
-        print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
         summary = run_summary(history, f"{cfg.eval.method}_auc")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(summary["text"], file=sys.stderr)
+
+
+def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path, epoch: int,
+                   only_missing: bool, extra: dict) -> None:
+    """The files made from an epoch's state after last.pt commits it: the epoch_NNNN.pt
+    snapshot and, at the end, checkpoint.pt. A resumed run writes those that a kill cut short
+    (``only_missing``: absent, unreadable or of another epoch)."""
+    names = [f"epoch_{epoch:04d}.pt"] if cfg.train.save_every and \
+        epoch % cfg.train.save_every == 0 else []
+    names += ["checkpoint.pt"] if epoch == cfg.train.epochs else []
+    for name in names:
+        if not only_missing or not checkpoint_complete(out / name, epoch):
+            save_checkpoint(out / name, method.backbone.state_dict(), meta, extra=extra)
+            if name == "checkpoint.pt":
+                print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)

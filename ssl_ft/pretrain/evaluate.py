@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ssl_ft.finite import check_tensor
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
 
@@ -44,7 +45,9 @@ def extract_features(
         with autocast(device, precision):
             out.append(backbone(x).float().cpu())
     backbone.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    features = torch.cat(out) if out else torch.empty(0)
+    check_tensor(features, "features")  # before a probe or a cache sees them
+    return features
 
 
 def knn_probs(

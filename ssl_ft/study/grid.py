@@ -107,7 +107,16 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     from ssl_ft.config import apply_overrides
 
     data = apply_overrides(read_yaml(path), overrides)
-    return from_dict(Study, data, where=str(path))
+    study = from_dict(Study, data, where=str(path))
+    sections = [k for k in ("finetune", "ensemble") if getattr(study, k) is not None]
+    if not sections:
+        raise UserError(f"{path}: the study has no finetune or ensemble section, so no cells")
+    for kind in sections:
+        section = getattr(study, kind)
+        if not section.grid and not section.extra:
+            raise UserError(f"{path}: {kind}.grid is empty and there is no {kind}.extra, so "
+                            f"no cells (give at least one axis, e.g. {kind}.grid.seed: [0])")
+    return study
 
 
 def _slug(value: Any) -> str:
@@ -146,7 +155,7 @@ def expand(study: Study) -> list[Cell]:
         if section is None:
             continue
         axes = _axes(section.grid)
-        entries = [{}] + list(section.extra)
+        entries = ([{}] if axes else []) + list(section.extra)  # no axes: extras only
         for entry in entries:
             fixed = {tuple(k.strip() for k in key.split(",")): v for key, v in entry.items()}
             free = [(names, rows) for names, rows in axes if tuple(names) not in fixed]

@@ -217,15 +217,15 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.csv", out / "results.md"]
-    df.to_csv(written[0], index=False)
+    _write_text(written[0], df.to_csv(index=False))
     lines = [f"# {title}", "", f"{len(df)} rows (a fusion run gives one per variant). Bold: the "
              "best fine-tuning mean in its row. Fusion tables: one column per fusion "
              "experiment (its models and depths), with each model alone and late fusion."]
     if df.empty:
-        written[1].write_text("\n".join(lines + ["", "No finished runs yet."]) + "\n")
+        _write_text(written[1], "\n".join(lines + ["", "No finished runs yet."]) + "\n")
         return written
     s = summarize(df)
-    s.to_csv(out / "summary.csv", index=False)
+    _write_text(out / "summary.csv", s.to_csv(index=False))
     written.append(out / "summary.csv")
     for kind in ("finetune", "ensemble"):
         part = s[s["kind"] == kind].copy()
@@ -261,5 +261,12 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
 
     figures = draw_figures(s, out)
     lines += [""] + [f"![{f.stem}]({f.name})" for f in figures]
-    written[1].write_text("\n".join(lines) + "\n")
+    _write_text(written[1], "\n".join(lines) + "\n")
     return written + figures
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomically (a study killed while it reports never leaves half a results.csv)."""
+    from ssl_ft.checkpoint._files import atomic_write
+
+    atomic_write(path, lambda file: file.write(text.encode()))

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ssl_ft.errors import UserError
+from ssl_ft.runlock import LOCK_NAME, RunLock, is_temp_file
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
 
@@ -35,10 +36,17 @@ def is_done(cell: Cell, out: str | Path) -> bool:
 def prune(cell: Cell, out: str | Path, keep: str) -> None:
     """Delete what a finished fine-tuning cell no longer needs (``Study.keep``): its resume
     state ``last.pt`` and ``best.pt`` (a copy of model.pt), so that hundreds of cells do not fill
-    the disk (a resnet50 cell holds ~0.4 GB otherwise)."""
-    if cell.kind == "finetune" and is_done(cell, out):
+    the disk (a resnet50 cell holds ~0.4 GB otherwise). A finished cell of any kind whose run was
+    killed after its last file (before it let go of its lock) loses the stale lock and temp files."""
+    if not is_done(cell, out):
+        return
+    folder = cell.folder(out)
+    if any(p.name == LOCK_NAME or is_temp_file(p) for p in folder.iterdir()):
+        with contextlib.suppress(UserError), RunLock(folder):  # in use elsewhere: left alone
+            pass
+    if cell.kind == "finetune":
         for name in KEEP[keep]:
-            (cell.folder(out) / name).unlink(missing_ok=True)
+            (folder / name).unlink(missing_ok=True)
 
 
 def check_inputs(study: Study, cells: list[Cell]) -> None:
@@ -148,8 +156,15 @@ def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -
 def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
               progress: bool | None = None) -> dict[str, str]:
     """Run every unfinished cell; returns ``{cell id: error}`` for the cells that failed.
-    Missing inputs stop the study before the first cell (:func:`check_inputs`)."""
+    Missing inputs stop the study before the first cell (:func:`check_inputs`). The study
+    folder is locked while it runs (:class:`~ssl_ft.runlock.RunLock`; each cell locks its own)."""
     check_inputs(study, cells)
+    with RunLock(study.out):
+        return _run_study(study, cells, workers, progress)
+
+
+def _run_study(study: Study, cells: list[Cell], workers: int | None,
+               progress: bool | None) -> dict[str, str]:
     workers = workers or study.workers
     threads = study.threads or (study.slurm.cpus_per_task if study.executor == "slurm"
                                 else max(1, available_cores() // workers))
