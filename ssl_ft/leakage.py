@@ -135,7 +135,8 @@ class LeakageReport:
 
 def check_leakage(seen: np.ndarray | None, images: dict[str, np.ndarray], *,
                   what: str, target: str, allow: bool = False,
-                  threshold: float = DEFAULT_THRESHOLD, warn=None) -> LeakageReport:
+                  threshold: float = DEFAULT_THRESHOLD, warn=None,
+                  own_train: np.ndarray | None = None) -> LeakageReport:
     """Refuse (``UserError``) a target whose val/test images ``seen`` (a checkpoint's codes)
     contains, unless ``allow``.
 
@@ -145,6 +146,8 @@ def check_leakage(seen: np.ndarray | None, images: dict[str, np.ndarray], *,
         images: the target's splits, ``{"train", "val", "test"}`` ``(N, C, H, W)`` arrays.
         what: the checkpoint, for the message; target: the dataset's name, likewise.
         allow: report the overlap through ``warn`` instead of stopping.
+        own_train: the target's *whole* train split, when ``images["train"]`` is a labelled
+            subset of it (``label_fraction``): all of it is the target's own unlabelled data.
     """
     if seen is None:
         if warn is not None:
@@ -159,7 +162,7 @@ def check_leakage(seen: np.ndarray | None, images: dict[str, np.ndarray], *,
         hit = find_matches(seen, codes, threshold)
         if hit.any():
             if train_codes is None:
-                train_codes = image_codes(images["train"])
+                train_codes = image_codes(images["train"] if own_train is None else own_train)
             dup = find_matches(train_codes, codes[hit], threshold)
             own[split] = int(dup.sum())
             hit[np.flatnonzero(hit)[dup]] = False
@@ -197,11 +200,12 @@ def recorded_codes(checkpoint: str | None) -> tuple[np.ndarray | None, bool]:
 
 
 def guard_checkpoint(checkpoint: str | None, images: dict[str, np.ndarray], *, target: str,
-                     allow: bool = False, warn=None) -> LeakageReport | None:
+                     allow: bool = False, warn=None,
+                     own_train: np.ndarray | None = None) -> LeakageReport | None:
     """:func:`check_leakage` for the checkpoint file a consumer was given; ``None`` when the
     checkpoint is not an ssl_ft one (nothing recorded, nothing to check)."""
     codes, ours = recorded_codes(checkpoint)
     if not ours:
         return None
     return check_leakage(codes, images, what=f"checkpoint {checkpoint}", target=target,
-                         allow=allow, warn=warn)
+                         allow=allow, warn=warn, own_train=own_train)

@@ -72,6 +72,11 @@ def test_check_leakage_counts_per_split_and_exempts_the_targets_own_duplicates()
     assert len(warned) == 1 and warned[0].startswith("allowed overlap")
     clean = check_leakage(image_codes(train), splits, what="c", target="toy")
     assert clean.leaked == 0 and clean.own_duplicates == {"test": 1}
+    subset = {**splits, "train": train[6:]}     # a label fraction without the duplicate
+    with pytest.raises(UserError, match="1 of its 8 test images"):
+        check_leakage(image_codes(train), subset, what="c", target="toy")
+    whole = check_leakage(image_codes(train), subset, what="c", target="toy", own_train=train)
+    assert whole.leaked == 0                   # the whole train split is the target's own data
     assert not check_leakage(None, splits, what="c", target="toy", warn=warned.append).checked
     assert "records no image fingerprints" in warned[-1]
 
