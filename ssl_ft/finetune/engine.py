@@ -130,11 +130,6 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
                        download=cfg.download)
     check_learnable(splits)
     info = splits.info
-    whole = None if cfg.label_fraction == 1 else load_data(
-        cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
-        limit=cfg.limit, seed=cfg.seed, download=cfg.download).images["train"]
-    leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
-                            allow=cfg.allow_overlap, warn=_warn, own_train=whole)
     backbone, source = build_backbone(cfg.checkpoint, info, arch=cfg.arch, stem=cfg.stem,
                                       normalization=cfg.normalization)
     depth_map = DepthMap.from_backbone(backbone, cfg.depth_unit)
@@ -146,6 +141,12 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
                           tuple(source["std"]))
     selected = [u.index for u in selection.trained]
     strategy = strategy_cls(model, selected, cfg.epochs, strategy_cfg)
+    # after every cheaper check, so that a bad flag is the run's one line of output
+    whole = None if cfg.label_fraction == 1 else load_data(
+        cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
+        limit=cfg.limit, seed=cfg.seed, download=cfg.download).images["train"]
+    leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
+                            allow=cfg.allow_overlap, warn=_warn, own_train=whole)
     return Prepared(cfg, splits, model, selection, strategy, source,
                     leak.as_dict() if leak else None)
 
