@@ -267,7 +267,7 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
             ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The record of the choice (``chosen`` = ``{layers, truncate}``) and the race winner
     (None when nothing was raced)."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     set_threads(cfg.threads, Dist())
     device = resolve_device(cfg.device)
     splits = _load(cfg)
@@ -299,7 +299,7 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
             why += "; not raced (dry run or a single epoch): the first of the shortlist"
     chosen = {"layers": best["layers"], "truncate": best["truncate"]}
     record.update(chosen=chosen, reason=f"{best['name']}: {why}",
-                  wall_time_s=time.perf_counter() - t0)
+                  wall_time_s=time.perf_counter() - t0, cpu_time_s=time.process_time() - c0)
     print(f"auto chose layers {best['layers']} truncate {best['truncate']:g}: {why} "
           f"({record['wall_time_s']:.0f} s)", file=sys.stderr)
     return record, winner
@@ -331,9 +331,11 @@ def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: Dept
                            "seconds": time.perf_counter() - t0}
 
 
-def record_run(out: Path, auto: dict[str, Any] | None, seconds: float) -> None:
-    """Add the run's wall time (chooser included) and the auto record to ``out/metrics.json``,
-    once (a finished run called again keeps its numbers)."""
+def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,
+               cpu_seconds: float | None = None) -> None:
+    """Add the run's wall time and CPU time of this process (chooser included; on a shared
+    machine the CPU time is the fairer measure of compute) and the auto record to
+    ``out/metrics.json``, once (a finished run called again keeps its numbers)."""
     path = Path(out) / "metrics.json"
     if not path.is_file():
         return
@@ -341,6 +343,8 @@ def record_run(out: Path, auto: dict[str, Any] | None, seconds: float) -> None:
     if "wall_time_s" in metrics:
         return
     metrics["wall_time_s"] = seconds
+    if cpu_seconds is not None:
+        metrics["cpu_time_s"] = cpu_seconds
     if auto is not None:
         metrics["auto"] = auto
     write_json(path, metrics)

@@ -134,12 +134,12 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None
     the run after epoch ``k`` (``last.pt`` written, no test evaluation; resume to go on)."""
     from ssl_ft.auto_layers import record_run, resolve_auto
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     cfg, auto, resume = resolve_auto(cfg, resume=resume)
     with distributed(cfg.device) as (dist, device):
         out = _finetune(cfg, dist, device, resume, progress, stop_after)
-        if dist.is_main:  # wall time (chooser included) and the choice, in metrics.json
-            record_run(out, auto, time.perf_counter() - t0)
+        if dist.is_main:  # wall/CPU time (chooser included) and the choice, in metrics.json
+            record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0)
         return out
 
 
