@@ -1,24 +1,29 @@
 """``layers: auto`` / ``truncate: auto``: choose the layer range and the cut, then fine-tune.
 
-The chooser never reads the test split. It works in three steps, each cheaper than one
-fine-tuning run, and writes why it chose what it chose into ``metrics.json`` (``auto``):
+The chooser never reads the test split (it runs on :func:`~ssl_ft.auto_evidence.without_test`
+data) and writes why it chose what it chose into ``metrics.json`` (``auto``) and
+``out/auto.json``. Among the candidates (Khan & Fang's quarters, 0-100, 50-100, 25-75 and
+0-75 t75 by default):
 
-1. **Evidence** (:mod:`ssl_ft.auto_evidence`, seconds): the validation AUC of a linear probe at
-   each candidate cut (Head2Toe, Evci et al., ICML 2022: intermediate features may transfer
-   better than the last ones) and, for every candidate range, the relative gradient norm
-   ``||g|| / ||w||`` of its units (Auto-RGN, Lee et al., "Surgical Fine-Tuning Improves
-   Adaptation to Distribution Shifts", ICLR 2023) with the probe's head, over a few batches.
-2. **Shortlist**: the ``shortlist`` candidates with the highest Auto-RGN at the cut whose probe
-   is best, plus end-to-end fine-tuning of everything that cut keeps (the safe default).
-3. **Race** (successive halving, Jamieson & Talwalkar, AISTATS 2016, on the real schedule):
-   every shortlisted candidate starts the real run; after ``race_rung`` of the epochs the
-   worse half (by best validation AUC so far) stops, and so on; the survivor's run is not
-   restarted but continued to the end, so only the stopped candidates' epochs are extra cost
-   (SubTuning, Kaplun et al. 2023, also picks layers by validation accuracy of fine-tuning).
+1. **The cut.** A linear probe's validation AUC at every candidate cut (75 and 100 by
+   default). The network is cut shallower only when that probe beats the deepest cut by more
+   than ``cut_margin``: the last units then lose what the task needs (Head2Toe, Evci et al.,
+   ICML 2022: intermediate features can transfer better than the last ones).
+2. **The range.** At that cut, the candidate with the highest relative gradient norm
+   ``||g|| / ||w||`` over its units, measured with the probe's head on a few train batches
+   (Auto-RGN, Lee et al., "Surgical Fine-Tuning Improves Adaptation to Distribution Shifts",
+   ICLR 2023: the layers the new task wants to change most, relative to their size).
+3. **Optionally a race** (``race: N``): the first ``1 + N`` candidates by Auto-RGN start the
+   real run; after ``race_rung`` of the epochs the worse half by best validation AUC so far
+   stops, and so on (successive halving, Jamieson & Talwalkar, AISTATS 2016; SubTuning, Kaplun
+   et al. 2023, also picks layers by the validation score of fine-tuning). The survivor is not
+   restarted: its run continues in ``out``, so only the stopped runs cost extra. Off by
+   default: on the small validation splits measured here it chose worse (``docs/auto.md``).
 
-A random initialisation (``checkpoint: none``) has nothing to keep: it trains everything.
-``layers: auto`` with a fixed ``truncate`` chooses only the range under that cut;
-``truncate: auto`` with fixed ``layers`` chooses only the cut. See ``docs/auto.md``.
+Steps 1-2 cost a few seconds of CPU (one forward pass per image, a few logistic fits, four
+backward passes). A random initialisation (``checkpoint: none``) has nothing to keep and
+trains every kept unit. ``layers: auto`` with a fixed ``truncate`` chooses the range under that
+cut; ``truncate: auto`` with fixed ``layers`` chooses the cut. See ``docs/auto.md``.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
 from ssl_ft.runtime import Dist, resolve_device, set_threads
 
 __all__ = ["CANDIDATES", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
-           "gather_evidence", "parse_candidate", "record_run", "resolve_auto"]
+           "gather_evidence", "parse_candidate", "record_run", "resolve_auto", "shortlist"]
 
 #: Khan & Fang's quarters, the two halves' middle and end, end-to-end, and the 3/4 network
 CANDIDATES = ("0-25", "25-50", "50-75", "75-100", "0-100", "50-100", "25-75", "0-75 t75")

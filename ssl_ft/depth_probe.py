@@ -180,54 +180,58 @@ def probe_depths(checkpoints: Sequence[str | None], data: str, *, arch: str | No
     if labels and len(labels) != len(checkpoints):
         raise UserError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
     seeds = list(seeds) or [0]
-    dev = torch.device(device)
-    models, info = [], None
-    for k, ck in enumerate(checkpoints):
-        ck = "none" if ck in (None, "none") else str(ck)
-        meta = _peek(ck)
-        if not meta and arch is None:
-            raise UserError(f"checkpoint {ck!r} says no architecture; pass arch (--arch)")
-        per_seed, cache, model = [], None, None
-        for seed in seeds:
-            splits = load_data(data, data_root=data_root, label_fraction=label_fraction,
-                               limit=limit, seed=seed, size=size,
-                               channels=channels or meta.get("in_chans"))
-            info = splits.info
-            if cache is None or ck == "none":  # a random init is drawn again per seed
-                torch.manual_seed(seed)
-                backbone, source = build_backbone(ck, info, arch=None if meta else arch,
-                                                  stem=stem)
-                check_input_size(backbone, info.image_size)
-                dm = DepthMap.from_backbone(backbone, depth_unit)
-                units = probe_units(dm, depths)
-                cache = FeatureCache(backbone.to(dev), [u.index for u in units],
-                                     max_value=info.max_value, mean=source["mean"],
-                                     std=source["std"], device=dev)
-                model = model or {"label": labels[k] if labels else model_label(source),
-                                  "checkpoint": ck, "method": source["method"],
-                                  "family": source["family"], "arch": source["arch"],
-                                  "rule": dm.rule, "feature_seconds": 0.0,
-                                  "probe_seconds": 0.0, "images_forwarded": 0}
-            seen, t_feat = cache.images_seen, cache.seconds
-            t0 = time.perf_counter()
-            per_seed.append(probe_backbone(cache, splits, dm, units, c_grid=c_grid))
-            model["feature_seconds"] += cache.seconds - t_feat
-            model["probe_seconds"] += time.perf_counter() - t0 - (cache.seconds - t_feat)
-            model["images_forwarded"] += cache.images_seen - seen
-            model.setdefault("n_train", []).append(len(splits.labels["train"]))
-            print(f"{model['label']} seed {seed}: " + ", ".join(
-                f"{r['depth']:.0f}%:{r['val_auc']:.3f}" for r in per_seed[-1]) + " (val AUC)",
-                file=sys.stderr)
-        model["units"] = _aggregate(per_seed)
-        best = max(model["units"], key=lambda r: r["val_auc_mean"])
-        model["best_val"] = {"unit": best["unit"], "depth": best["depth"],
-                             "val_auc_mean": best["val_auc_mean"],
-                             "test_auc_mean": best["test_auc_mean"]}
-        models.append(model)
+    load = dict(data=data, data_root=data_root, label_fraction=label_fraction, limit=limit,
+                size=size, channels=channels)
+    probe = dict(depths=depths, depth_unit=depth_unit, c_grid=c_grid, device=torch.device(device))
+    models = [_probe_model("none" if ck in (None, "none") else str(ck),
+                           labels[k] if labels else None, seeds, load, probe, arch, stem)
+              for k, ck in enumerate(checkpoints)]
+    info = [m.pop("info") for m in models][0]  # (one dataset: the same for every model)
     return {"data": info.name, "label_fraction": label_fraction, "limit": limit,
             "seeds": seeds, "image_size": info.image_size, "channels": info.n_channels,
             "task": info.task, "c_grid": list(c_grid), "models": models}
 
+
+def _probe_model(ck: str, label: str | None, seeds: list[int], load: dict[str, Any],
+                 probe: dict[str, Any], arch: str | None, stem: str | None) -> dict[str, Any]:
+    """One model of :func:`probe_depths`, every seed."""
+    meta = _peek(ck)
+    if not meta and arch is None:
+        raise UserError(f"checkpoint {ck!r} says no architecture; pass arch (--arch)")
+    per_seed, cache, model = [], None, None
+    for seed in seeds:
+        splits = load_data(**{**load, "seed": seed,
+                              "channels": load["channels"] or meta.get("in_chans")})
+        info = splits.info
+        if cache is None or ck == "none":  # a random init is drawn again per seed
+            torch.manual_seed(seed)
+            backbone, source = build_backbone(ck, info, arch=None if meta else arch, stem=stem)
+            check_input_size(backbone, info.image_size)
+            dm = DepthMap.from_backbone(backbone, probe["depth_unit"])
+            units = probe_units(dm, probe["depths"])
+            cache = FeatureCache(backbone.to(probe["device"]), [u.index for u in units],
+                                 max_value=info.max_value, mean=source["mean"],
+                                 std=source["std"], device=probe["device"])
+            model = model or {"label": label or model_label(source), "checkpoint": ck,
+                              "method": source["method"], "family": source["family"],
+                              "arch": source["arch"], "rule": dm.rule, "feature_seconds": 0.0,
+                              "probe_seconds": 0.0, "images_forwarded": 0, "n_train": []}
+        seen, t_feat, t0 = cache.images_seen, cache.seconds, time.perf_counter()
+        per_seed.append(probe_backbone(cache, splits, dm, units, c_grid=probe["c_grid"]))
+        model["feature_seconds"] += cache.seconds - t_feat
+        model["probe_seconds"] += time.perf_counter() - t0 - (cache.seconds - t_feat)
+        model["images_forwarded"] += cache.images_seen - seen
+        model["n_train"].append(len(splits.labels["train"]))
+        print(f"{model['label']} seed {seed}: " + ", ".join(
+            f"{r['depth']:.0f}%:{r['val_auc']:.3f}" for r in per_seed[-1]) + " (val AUC)",
+            file=sys.stderr)
+    model["units"] = _aggregate(per_seed)
+    best = max(model["units"], key=lambda r: r["val_auc_mean"])
+    model["best_val"] = {"unit": best["unit"], "depth": best["depth"],
+                         "val_auc_mean": best["val_auc_mean"],
+                         "test_auc_mean": best["test_auc_mean"]}
+    model["info"] = info
+    return model
 
 
 def _plt():

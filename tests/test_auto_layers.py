@@ -230,3 +230,12 @@ def test_fusion_depth_auto(data_root, tmp_path, tool, ckpt, broken_top):
     with pytest.raises(SystemExit) as bad:  # argparse: status 2, one line naming the value
         run(tool("ensemble").main, [*argv[:4], "--depth", "deep", *argv[6:]])
     assert bad.value.code == 2
+
+
+def test_auto_refuses_several_processes(data_root, tmp_path, ckpt, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="runs in one process"):
+        resolve_auto(_cfg(data_root, tmp_path / "run", ckpt))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    cfg = FinetuneConfig(layers="25-50", truncate=75)
+    assert resolve_auto(cfg) == (cfg, None, False)  # nothing auto: nothing done
