@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,10 @@ from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import DepthMap, check_input_size
 from ssl_ft.pretrain.evaluate import extract_features, padded_proba
 
-__all__ = ["ProbeResult", "fit_probe", "linear_probe"]
+__all__ = ["C_GRID", "ProbeResult", "fit_probe", "head_from_probe", "linear_probe",
+           "probe_features"]
+
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
 @dataclass
@@ -61,7 +64,7 @@ def linear_probe(
     limit: int | None = None,
     size: int | None = None,
     channels: int | None = None,
-    c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0),
+    c_grid: Sequence[float] = C_GRID,
     device: str = "cpu",
     allow_overlap: bool = False,
 ) -> ProbeResult:
@@ -71,8 +74,6 @@ def linear_probe(
     wrapped ones, safetensors), which then needs ``arch``. ``truncate`` probes the pooled
     output at that depth; ``size`` and ``channels`` resize / convert the images as in
     fine-tuning (default: the data's size, the checkpoint's channels, else the data's)."""
-    from sklearn.preprocessing import StandardScaler
-
     meta = (read_state_dict(_existing(checkpoint))[1] or {}) if checkpoint else {}
     if not meta and arch is None:
         what = f"{checkpoint} is a plain state dict without ssl_ft metadata" if checkpoint \
@@ -102,16 +103,54 @@ def linear_probe(
                                 mean=norm["mean"], std=norm["std"], device=dev).numpy()
         for split in ("train", "val", "test")
     }
+    res = probe_features(feats, splits.labels, task=info.task, num_classes=info.num_classes,
+                         label_names=list(info.label_names), c_grid=c_grid)
+    val = res["val"]
+    return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
+                       res["C"], {"auc": val["auc"], "acc": val["acc"]}, res["test"], seed,
+                       int(info.image_size), int(info.n_channels))
+
+
+def probe_features(feats: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], *,
+                   task: str, num_classes: int, label_names: Sequence[str] | None = None,
+                   c_grid: Sequence[float] = C_GRID) -> dict[str, Any]:
+    """The probe on given features: z-score with the train statistics, :func:`fit_probe`, and
+    the metrics of the chosen classifier on ``val`` and, when ``feats`` has it, ``test``.
+
+    Returns ``{"C", "val", "test" (None without a test split), "converged"}``; ``converged`` is
+    False when the chosen fit stopped at its iteration limit."""
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(feats["train"])
     x = {k: scaler.transform(v) for k, v in feats.items()}
-    clf, c, val = fit_probe(x["train"], splits.labels["train"], x["val"], splits.labels["val"],
-                            task=info.task, num_classes=info.num_classes, c_grid=c_grid)
-    test_probs = padded_proba(clf, x["test"], info.num_classes)
-    test = classification_metrics(splits.labels["test"], test_probs,
-                                  info.task, list(info.label_names))
-    return ProbeResult(str(checkpoint) if checkpoint else "none", arch, info.name, float(truncate),
-                       c, {"auc": val["auc"], "acc": val["acc"]}, test, seed,
-                       int(info.image_size), int(info.n_channels))
+    clf, c, val = fit_probe(x["train"], labels["train"], x["val"], labels["val"], task=task,
+                            num_classes=num_classes, c_grid=c_grid)
+    test = None
+    if "test" in x:
+        test = classification_metrics(labels["test"], padded_proba(clf, x["test"], num_classes),
+                                      task, list(label_names) if label_names else None)
+    return {"C": c, "val": val, "test": test, "classifier": clf, "scaler": scaler,
+            "converged": bool(np.max(clf.n_iter_) < clf.max_iter)}
+
+
+def head_from_probe(head: torch.nn.Linear, clf, num_classes: int, scaler=None) -> None:
+    """Copy a scikit-learn logistic regression into a softmax head (binary: logits +-z/2).
+    With the ``scaler`` (a fitted ``StandardScaler``) the classifier was fitted on z-scored
+    features and the head takes the raw ones: the standardisation is folded into it."""
+    coef, bias = clf.coef_, clf.intercept_
+    if scaler is not None:
+        coef = coef / scaler.scale_
+        bias = bias - coef @ scaler.mean_
+    w = np.zeros((num_classes, coef.shape[1]))
+    b = np.full(num_classes, -10.0)
+    if len(clf.classes_) == 2 and coef.shape[0] == 1:
+        w[clf.classes_[0]], w[clf.classes_[1]] = -coef[0] / 2, coef[0] / 2
+        b[clf.classes_[0]], b[clf.classes_[1]] = -bias[0] / 2, bias[0] / 2
+    else:
+        w[clf.classes_], b[clf.classes_] = coef, bias
+    with torch.no_grad():
+        head.weight.copy_(torch.as_tensor(w))
+        head.bias.copy_(torch.as_tensor(b))
 
 
 def _existing(checkpoint: str | os.PathLike) -> str | os.PathLike:
@@ -123,7 +162,7 @@ def _existing(checkpoint: str | os.PathLike) -> str | os.PathLike:
 
 def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *,
               task: str, num_classes: int,
-              c_grid: Sequence[float] = (0.001, 0.01, 0.1, 1.0, 10.0)) -> tuple[Any, float, dict]:
+              c_grid: Sequence[float] = C_GRID) -> tuple[Any, float, dict]:
     """Logistic regression on ``x_train`` for each ``C`` in ``c_grid``; returns the classifier
     with the best validation AUC, its ``C`` and its validation metrics."""
     from sklearn.linear_model import LogisticRegression

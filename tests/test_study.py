@@ -330,10 +330,17 @@ def test_study_defaults():
     assert Study().workers == 1
 
 
-@pytest.mark.parametrize("name", ["tiny", "khan_fang", "davila"])
+@pytest.mark.parametrize("name", ["tiny", "khan_fang", "davila", "auto"])
 def test_shipped_study_recipes_expand(name):
     cells = expand(load_study(REPO / "recipes" / "study" / f"{name}.yaml"))
     assert cells and len({c.id for c in cells}) == len(cells)
+    if name == "auto":  # 3 datasets x 2 fractions x 2 models x (auto + 8 fixed) x 3 seeds
+        assert len(cells) == 324
+        auto = [c for c in cells if c.config["layers"] == "auto"]
+        assert len(auto) == 36 and all(c.config["truncate"] == "auto" for c in auto)
+        tiny = [c for c in cells if c.config["data"] == "breastmnist"
+                and c.config["label_fraction"] == 0.1]
+        assert {(c.config["epochs"], c.config["batch_size"]) for c in tiny} == {(48, 16)}
     if name == "khan_fang":
         kinds = [c.kind for c in cells]
         assert kinds.count("finetune") == 3 * 6 * 3 * 3 + 3 * 3 and kinds.count("ensemble") == 18
@@ -349,3 +356,71 @@ def test_shipped_study_recipes_expand(name):
         derm = [c for c in ssl if c.config.get("data") == "ham10000_dermoscopy_unique_lesion_64"]
         assert len(derm) == 81 and all("_pneumoniamnist-" in c.needs[0]
                                        and c.config["limit"] == 500 for c in derm)
+
+
+def _run_metrics(selection: str, seed: int, auc: float, wall: float,
+                 auto: dict | None = None) -> dict:
+    layers, _, cut = selection.partition(" t")
+    m = {"data": "d", "label_fraction": 0.1, "seed": seed, "strategy": "ft",
+         "source": {"method": "simclr", "kind": "ssl_ft", "arch": "resnet18"},
+         "layers": layers, "truncate": float(cut or 100), "trainable_params": 1,
+         "test": {"auc": auc, "acc": 0.8}, "val": {"auc": 0.9, "acc": 0.9},
+         "wall_time_s": wall, "history": []}
+    if auto is not None:
+        m["auto"] = auto
+    return m
+
+
+def test_report_puts_auto_beside_the_fixed_selections(tmp_path):
+    from ssl_ft.study.report import auto_label, auto_summary, metrics_rows
+
+    rows = []
+    for seed in (0, 1):
+        rows += metrics_rows(_run_metrics("0-100", seed, 0.90, 100.0))
+        rows += metrics_rows(_run_metrics("25-50", seed, 0.95 + 0.01 * seed, 60.0))
+        rows += metrics_rows(_run_metrics("0-75 t75", seed, 0.92, 80.0))
+        chose = "25-50" if seed == 0 else "0-75 t75"
+        rec = {"requested": {"layers": "auto", "truncate": "auto"}, "wall_time_s": 12.0}
+        rows += metrics_rows(_run_metrics(chose, seed, 0.95 if seed == 0 else 0.92, 72.0, rec),
+                             model="simclr")
+    df = pd.DataFrame(rows)
+    assert set(df["selection"]) == {"0-100", "25-50", "0-75 t75", "auto"}
+    a = auto_summary(df).iloc[0]
+    assert (a["selection"], a["n"], a["best"], a["best_auc"]) == ("auto", 2, "25-50", 0.955)
+    assert a["auc"] == pytest.approx(0.935) and a["vs_best"] == pytest.approx(-0.02)
+    assert a["vs_e2e"] == pytest.approx(0.035)
+    assert a["share"] == pytest.approx(144 / 480) and a["chooser_s"] == 12.0
+    assert a["choices"] == "25-50 x1, 0-75 t75 x1" and not a["meets"]
+    write_report(df, tmp_path, "auto")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Auto against the fixed selections" in text
+    assert ("| d | resnet18 | 0.1 | simclr | ft | 0.935 ± 0.021 | 2 | 25-50 x1, 0-75 t75 x1 | "
+            "25-50 0.955 | -0.0200 | 0.900 | +0.0350 | 30 % / n/a | 12 / 72 | missed |") in text
+    assert auto_label({"layers": "auto", "truncate": 100}) == "auto t100"
+    assert auto_label({"layers": "25-50", "truncate": "auto"}) == "25-50 tauto"
+
+
+def test_auto_study_runs_two_cells(data_root, tmp_path, tool, monkeypatch):
+    """recipes/study/auto.yaml cut down to one auto and one fixed cell on 100 images."""
+    from ssl_ft.checkpoint import save_checkpoint
+    from ssl_ft.models import create_backbone
+
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    ck = tmp_path / "simclr.pt"
+    save_checkpoint(ck, create_backbone("resnet18", in_chans=1).state_dict(), {
+        "method": "simclr", "family": "contrastive", "arch": "resnet18", "in_chans": 1,
+        "image_size": 28, "stem": "standard", "recipe": {}, "data_fingerprint": "x",
+        "normalization": {"mean": [0.5], "std": [0.25], "max_value": 255}, "epoch": 1})
+    mod = tool("study")
+    argv = [str(REPO / "recipes" / "study" / "auto.yaml"), f"out={tmp_path / 's'}", "threads=1",
+            f"checkpoints.simclr={ck}", "finetune.grid.checkpoint=[simclr]",
+            "finetune.grid.seed=[0]", "finetune.base.limit=100",
+            "finetune.grid.data,label_fraction,epochs,batch_size=[[breastmnist,1.0,2,32]]",
+            "finetune.grid.layers,truncate=[[auto,auto],[0-100,100]]"]
+    assert mod.run(mod.main, argv) == 0
+    text = (tmp_path / "s" / "results.md").read_text()
+    assert "## Auto against the fixed selections" in text
+    line = next(x for x in text.splitlines() if x.startswith("| breastmnist | resnet18 | 1 |"))
+    assert "| auto x1 |" not in line and " x1 | 0-100 " in line

@@ -7,7 +7,8 @@
         --layers 25-50 --layers 50-75 --strategy lp-ft --epochs 5 --out runs/fusion_ft
     python tools/ensemble.py RECIPE.yaml [--flags] [key=value ...]
 
-Each model is cut at its depth (default: contrastive 50 %, restorative 75 %, others 100 %), its
+Each model is cut at its depth (default: contrastive 50 %, restorative 75 %, others 100 %;
+--depth auto: where its linear probe is best on the validation split, see docs/auto.md), its
 pooled features are normalised per model and concatenated, and a head is trained on them.
 DIR/metrics.json holds the fusion's val/test AUC and ACC and, under "baselines", each model
 alone and late fusion (averaged probabilities). Frozen features are cached (--cache-dir).
@@ -43,6 +44,15 @@ FLAGS: dict[str, dict] = {
 }
 
 
+def _depth(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage or 'auto'") from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ensemble.py", description=__doc__.split("\n\n")[0],
@@ -52,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint", action="append", dest="checkpoints", metavar="CKPT",
                         help="a model to fuse (repeat; ssl_ft checkpoint, state dict, imagenet, "
                              "none)")
-    parser.add_argument("--depth", action="append", dest="depths", metavar="P", type=float,
-                        help="truncation depth %% per model (repeat, or once for all)")
+    parser.add_argument("--depth", action="append", dest="depths", metavar="P|auto",
+                        type=_depth, help="truncation depth %% per model (repeat, or once for "
+                        "all); auto: the quarter end (25/50/75/100) whose linear probe has the "
+                        "best validation AUC")
     parser.add_argument("--layers", action="append", dest="layers", metavar="A-B",
                         help="layer range to fine-tune per model (ft / lp-ft)")
     args = parser.parse_intermixed_args(argv)

@@ -4,8 +4,12 @@
     python tools/finetune.py --checkpoint runs/simclr/checkpoint.pt --data pneumoniamnist \\
         --layers 25-50 --truncate 75 --strategy lp-ft --seed 0 --out runs/ft/simclr_25-50
     python tools/finetune.py --checkpoint runs/simclr/checkpoint.pt --layers 25-50 --dry-run
+    python tools/finetune.py --checkpoint CKPT --data breastmnist --layers auto --truncate auto
     python tools/finetune.py RECIPE.yaml [--flags] [key=value ...]
 
+With --layers auto / --truncate auto the range and the cut are chosen first from cheap evidence
+on the train and val splits (linear probes, Auto-RGN, a short successive-halving race; never the
+test split) and the choice, its evidence and its wall time go into metrics.json ("auto").
 Writes DIR/metrics.json (val/test AUC and ACC of the best-validation epoch, per class, confusion
 matrices), DIR/model.pt (the fine-tuned model), last.pt (for --resume), TensorBoard logs in DIR/tb.
 Under ``torchrun --nproc_per_node N tools/finetune.py ...`` the same command trains with DDP.
@@ -30,9 +34,11 @@ FLAGS: dict[str, dict] = {
     "--data-root": dict(help="where data names are looked up (default $SSL_FT_DATA)"),
     "--size": dict(type=int, help="resize images to SIZE x SIZE"),
     "--channels": dict(type=int, choices=[1, 3], help="convert images to 1 or 3 channels"),
-    "--layers": dict(metavar="A-B", help="train the units whose depth lies in (A, B] "
-                                          "(default 0-100)"),
-    "--truncate": dict(metavar="P", help="keep the units at depth <= P %% (default 100)"),
+    "--layers": dict(metavar="A-B|auto", help="train the units whose depth lies in (A, B] "
+                                               "(default 0-100); auto: chosen from the train "
+                                               "and val splits first (docs/auto.md)"),
+    "--truncate": dict(metavar="P|auto", help="keep the units at depth <= P %% (default 100); "
+                                              "auto: chosen"),
     "--depth-unit": dict(choices=["stage", "block", "param"],
                          help="how units get depths (default: per architecture)"),
     "--strategy": dict(help="ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn "
@@ -69,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     recipe, overrides = recipe_and_overrides(args, FLAGS)
     cfg = load_finetune_recipe(recipe, overrides)
     if args.dry_run:
+        from ssl_ft.auto_layers import resolve_auto
+
+        cfg, _, _ = resolve_auto(cfg, dry_run=True)  # layers/truncate auto: evidence only
         print(prepare(cfg).describe())
         return
     finetune(cfg, resume=args.resume)

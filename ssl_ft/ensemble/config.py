@@ -13,8 +13,9 @@ class EnsembleConfig:
     """Every key an ensemble recipe may set (see ``docs/fusion.md``)."""
 
     checkpoints: list[str] = field(default_factory=list)  # two or more (none/imagenet allowed)
-    depths: list[float] = field(default_factory=list)     # per model, or one for all; default:
-    #                       contrastive 50 (end of the 2nd quarter), restorative 75, others 100
+    depths: list[float | str] = field(default_factory=list)  # per model, or one for all;
+    #                       default: contrastive 50 (end of the 2nd quarter), restorative 75,
+    #                       others 100; auto: the quarter end whose probe is best on val
     layers: list[str] = field(default_factory=list)       # per model, fine-tuned jointly (ft)
     strategy: Literal["lp", "ft", "lp-ft"] = "lp"
     arch: str | None = None        # for the none/imagenet/plain-state-dict models
@@ -38,6 +39,9 @@ class EnsembleConfig:
     def __post_init__(self) -> None:
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        for d in self.depths:
+            if isinstance(d, str) and d != "auto":
+                raise ValueError(f"depths: {d!r} is not a percentage or 'auto'")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -44,7 +44,7 @@ from ssl_ft.finite import check_gradients, check_loss
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.pretrain.evaluate import padded_proba
-from ssl_ft.probe import fit_probe
+from ssl_ft.probe import fit_probe, head_from_probe
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
@@ -108,21 +108,6 @@ def _probe(blocks: dict[str, list[np.ndarray]], labels: dict[str, np.ndarray], i
            for s in ("val", "test")}
     res["C"] = c
     return res, probs, clf
-
-
-def _head_from_probe(head: nn.Linear, clf, num_classes: int) -> None:
-    """Copy a scikit-learn logistic regression into a softmax head (binary: +-w/2)."""
-    coef, bias = clf.coef_, clf.intercept_
-    w = np.zeros((num_classes, coef.shape[1]))
-    b = np.full(num_classes, -10.0)
-    if len(clf.classes_) == 2 and coef.shape[0] == 1:
-        w[clf.classes_[0]], w[clf.classes_[1]] = -coef[0] / 2, coef[0] / 2
-        b[clf.classes_[0]], b[clf.classes_[1]] = -bias[0] / 2, bias[0] / 2
-    else:
-        w[clf.classes_], b[clf.classes_] = coef, bias
-    with torch.no_grad():
-        head.weight.copy_(torch.as_tensor(w))
-        head.bias.copy_(torch.as_tensor(b))
 
 
 def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
@@ -212,7 +197,7 @@ def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
             print(f"fine-tuning {m.name} alone ({cfg.strategy})", file=sys.stderr)
             solo = FusionNet([_copy(m)], [norms[i]], info.num_classes)
             if cfg.strategy == "lp-ft":
-                _head_from_probe(solo.head, one_clf, info.num_classes)
+                head_from_probe(solo.head, one_clf, info.num_classes)
             probs = _train(solo, splits, cfg, device, precision)
             res = _metrics(probs, labels, info)
         baselines[m.name] = res
@@ -221,7 +206,7 @@ def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
         print(f"fine-tuning the fusion ({cfg.strategy})", file=sys.stderr)
         net = FusionNet(members, norms, info.num_classes)
         if cfg.strategy == "lp-ft":
-            _head_from_probe(net.head, clf, info.num_classes)
+            head_from_probe(net.head, clf, info.num_classes)
         fused = _metrics(_train(net, splits, cfg, device, precision), labels, info)
     late = {s: np.mean([p[s] for p in single_probs], 0) for s in ("val", "test")}
     baselines["late_fusion"] = _metrics(late, labels, info)

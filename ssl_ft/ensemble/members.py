@@ -54,6 +54,7 @@ class Member:
     splits: ArraySplits
     key: str = ""
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    depth_auto: dict[str, Any] | None = None  # the evidence of --depth auto
 
     @property
     def dim(self) -> int:
@@ -64,7 +65,8 @@ class Member:
                 "family": self.source["family"], "arch": self.source["arch"],
                 "depth": self.depth, "layers": self.selection.layers_str if self.trained else None,
                 "dim": self.dim,
-                "trainable_params": self.selection.trainable_params if self.trained else 0}
+                "trainable_params": self.selection.trainable_params if self.trained else 0,
+                **({"depth_auto": self.depth_auto} if self.depth_auto else {})}
 
     @property
     def trained(self) -> bool:
@@ -142,6 +144,11 @@ def load_members(cfg) -> list[Member]:
         # --arch is for the models without metadata; ssl_ft checkpoints say their own
         backbone, source = build_backbone(ck, splits.info, arch=None if meta else cfg.arch)
         dm = DepthMap.from_backbone(backbone)
+        auto = None
+        if depth == "auto":  # the depth whose linear probe is best on val (train/val only)
+            from ssl_ft.auto_layers import choose_depth
+
+            depth, auto = choose_depth(backbone, splits, dm, source, seed=cfg.seed)
         selection = dm.select(lay or "0-100", depth, allow_empty=True)
         if lay is None:  # frozen
             selection = Selection(dm, selection.layers, selection.truncate,
@@ -154,7 +161,8 @@ def load_members(cfg) -> list[Member]:
         if names.count(name) > 1:
             name = f"{name}{names.count(name)}"
         key = _feature_key(ck, source, depth, splits, cfg.seed)
-        members.append(Member(name, ck, backbone, source, float(depth), selection, splits, key))
+        members.append(Member(name, ck, backbone, source, float(depth), selection, splits, key,
+                              depth_auto=auto))
     labels = [m.splits.labels for m in members]
     if any(not np.array_equal(lab[s], labels[0][s]) for lab in labels for s in SPLITS):
         raise UserError("the models see different labels; this is a bug in the data loading")

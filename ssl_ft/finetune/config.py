@@ -34,8 +34,10 @@ class FinetuneConfig:
     normalization: Literal["checkpoint", "data", "imagenet"] = "checkpoint"
     allow_overlap: bool = False    # run even if pretraining saw val/test images (ssl_ft.leakage)
     # what to train
-    layers: str = "0-100"          # A-B: train the units whose depth lies in (A, B]
-    truncate: float = 100          # keep the units at depth <= P, drop the rest
+    layers: str = "0-100"          # A-B: train the units whose depth lies in (A, B]; auto:
+    #                                chosen from cheap evidence first (ssl_ft.auto_layers)
+    truncate: float | str = 100    # keep the units at depth <= P, drop the rest; or auto
+    auto_args: dict[str, Any] = field(default_factory=dict)  # the chooser's options (AutoConfig)
     depth_unit: Literal["stage", "block", "param"] | None = None  # default: per architecture
     strategy: str = "ft"           # ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn
     #                                discriminative (see ssl_ft.finetune.strategies)
@@ -67,5 +69,7 @@ class FinetuneConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
+        if isinstance(self.truncate, str) and self.truncate != "auto":
+            raise ValueError(f"truncate must be a percentage or 'auto', got {self.truncate!r}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
             raise ValueError("warmup_epochs and weight_decay must be >= 0")

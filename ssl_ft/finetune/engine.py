@@ -178,10 +178,20 @@ def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr)
 
 
-def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None) -> Path:
-    """Run (or resume) one fine-tuning run; returns the run folder."""
+def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None,
+             stop_after: int | None = None) -> Path:
+    """Run (or resume) one fine-tuning run; returns the run folder. ``layers: auto`` and
+    ``truncate: auto`` are resolved first (:mod:`ssl_ft.auto_layers`). ``stop_after=k`` pauses
+    the run after epoch ``k`` (``last.pt`` written, no test evaluation; resume to go on)."""
+    from ssl_ft.auto_layers import record_run, resolve_auto
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg, auto, resume = resolve_auto(cfg, resume=resume)
     with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
-        return _finetune(cfg, dist, device, resume, progress)
+        out = _finetune(cfg, dist, device, resume, progress, stop_after)
+        if dist.is_main:  # wall/CPU time (chooser included) and the choice, in metrics.json
+            record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0)
+        return out
 
 
 def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
@@ -214,7 +224,7 @@ def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> No
 
 
 def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: bool,
-              progress: bool | None) -> Path:
+              progress: bool | None, stop_after: int | None = None) -> Path:
     out = Path(cfg.out)
     last = out / "last.pt"
     if (out / "metrics.json").exists() and resume:
@@ -280,7 +290,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
     ddp_units: list[int] | None = None
     net: nn.Module = model
-    for epoch in range(start_epoch, cfg.epochs):
+    stop = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+    for epoch in range(start_epoch, stop):
         seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
         sampler.set_epoch(epoch)
         trained = strategy.trained_units(epoch)
@@ -329,7 +340,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             torch.distributed.barrier()
     if writer is not None:
         writer.close()
-    if dist.is_main:
+    if dist.is_main and stop == cfg.epochs:  # (a paused run is not finished)
         _finish(p, out, best, history, device, precision)
     return out
 

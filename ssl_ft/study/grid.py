@@ -215,6 +215,12 @@ def _cell(study: Study, kind: str, base: dict, labels: dict[str, Any]) -> tuple[
         from ssl_ft.models.depth import parse_layers, parse_percent
 
         get_strategy(cfg.strategy)
-        parse_layers(cfg.layers)
-        parse_percent(cfg.truncate)
+        if cfg.layers != "auto":
+            parse_layers(cfg.layers)
+        if cfg.truncate != "auto":
+            parse_percent(cfg.truncate)
+        if "auto" in (cfg.layers, cfg.truncate):  # chosen per run (ssl_ft.auto_layers)
+            from ssl_ft.auto_layers import auto_config
+
+            auto_config(cfg)
     return Cell(kind, cid, labels, config, [n.id for n in needs]), needs

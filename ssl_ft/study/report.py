@@ -15,7 +15,7 @@ import pandas as pd
 
 from ssl_ft.study.grid import Cell
 
-__all__ = ["collect", "metrics_rows", "p_text", "paired_differences", "paired_tests",
+__all__ = ["auto_label", "auto_summary", "collect", "metrics_rows", "p_text", "paired_differences", "paired_tests",
            "summarize", "tally", "write_report"]
 
 METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
@@ -24,6 +24,15 @@ METRICS = ("test_auc", "test_acc", "val_auc", "val_acc")
 def _selection(layers: Any, truncate: Any) -> str:
     t = float(truncate)
     return f"{layers}" + (f" t{t:g}" if t < 100 else "")
+
+
+def auto_label(requested: dict[str, Any]) -> str:
+    """The selection name of an auto run: ``auto`` (range and cut chosen), ``auto t100`` (range
+    chosen, cut fixed), ``25-50 tauto`` (cut chosen)."""
+    layers, truncate = requested["layers"], requested["truncate"]
+    if layers == "auto" and truncate == "auto":
+        return "auto"
+    return f"{layers} t{truncate if truncate == 'auto' else f'{float(truncate):g}'}"
 
 
 def metrics_rows(m: dict[str, Any], model: str | None = None) -> list[dict[str, Any]]:
@@ -35,10 +44,15 @@ def metrics_rows(m: dict[str, Any], model: str | None = None) -> list[dict[str, 
     if "baselines" not in m:
         src = m["source"]
         speed = max((h.get("images_per_s", 0.0) for h in m.get("history", [])), default=None)
+        auto = m.get("auto")
         return [{**base, "kind": "finetune", "model": str(model or src.get("method")
                                                            or src["kind"]),
                  "arch": src["arch"], "layers": m["layers"], "truncate": m["truncate"],
-                 "selection": _selection(m["layers"], m["truncate"]),
+                 "selection": _selection(m["layers"], m["truncate"]) if auto is None
+                 else auto_label(auto["requested"]),
+                 "auto_choice": None if auto is None else _selection(m["layers"], m["truncate"]),
+                 "wall_time_s": m.get("wall_time_s"), "cpu_time_s": m.get("cpu_time_s"),
+                 "chooser_s": None if auto is None else auto["wall_time_s"],
                  "trainable_params": m["trainable_params"], "peak_images_per_s": speed,
                  **_scores(m)}]
     names = [x["name"] for x in m["models"]]
@@ -166,6 +180,79 @@ def paired_tests(df: pd.DataFrame, metric: str = "test_auc", reference: str = "f
     return paired_differences(ft, keys, {"strategy": reference}, metric)
 
 
+AUTO_KEYS = ["data", "arch", "label_fraction", "model", "strategy"]
+
+
+def auto_summary(df: pd.DataFrame, tolerance: float = 0.005) -> pd.DataFrame:
+    """Each ``auto`` selection against the fixed ones of the same data / arch / labels / model /
+    strategy: its mean test AUC and choices, the best fixed selection in hindsight (highest
+    mean test AUC), end-to-end (``0-100``), and its compute share: the wall time of the auto
+    runs (chooser included) over that of every fixed run of the group, all seeds."""
+    if "auto_choice" not in df or df["auto_choice"].isna().all():
+        return pd.DataFrame()
+    ft = df[df["kind"] == "finetune"]
+    rows = []
+    for key, g in ft.groupby(AUTO_KEYS, sort=False):
+        fixed = g[g["auto_choice"].isna()]
+        means = fixed.groupby("selection")["test_auc"].mean()
+        for label, a in g[g["auto_choice"].notna()].groupby("selection", sort=False):
+            row = dict(zip(AUTO_KEYS, key, strict=True))
+            counts = a["auto_choice"].value_counts()
+            row.update(selection=label, n=len(a), auc=float(a["test_auc"].mean()),
+                       std=float(a["test_auc"].std(ddof=1)) if len(a) > 1 else 0.0,
+                       choices=", ".join(f"{c} x{k}" for c, k in counts.items()),
+                       chooser_s=float(a["chooser_s"].mean()),
+                       run_s=float(a["wall_time_s"].mean()))
+            if not means.empty:
+                best = means.idxmax()
+                row.update(best=best, best_auc=float(means.max()),
+                           vs_best=row["auc"] - float(means.max()))
+            if "0-100" in means:
+                row.update(e2e_auc=float(means["0-100"]), vs_e2e=row["auc"] - means["0-100"])
+            for col, name in (("wall_time_s", "share"), ("cpu_time_s", "share_cpu")):
+                grid_s = fixed[col].sum(min_count=1) if col in fixed else np.nan
+                row[name] = float(a[col].sum() / grid_s) if grid_s and a[col].notna().all() \
+                    else float("nan")
+            row["meets"] = bool(abs(row.get("vs_best", np.nan)) <= tolerance
+                                and row.get("vs_e2e", np.nan) >= -tolerance
+                                and row["share"] <= 0.2)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pct(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{100 * share:.0f} %"
+
+
+def _auto_md(a: pd.DataFrame) -> list[str]:
+    if a.empty:
+        return []
+    lines = ["", "## Auto against the fixed selections", "",
+             "Mean test AUC over seeds of the `auto` runs (what each seed chose), of the best "
+             "fixed selection in hindsight (the highest mean test AUC: chosen on test, so an "
+             "optimistic target) and of end-to-end fine-tuning (0-100). Compute: the auto runs' "
+             "wall time (chooser included) as a share of the wall time of every fixed run of "
+             "the row (and the same for the CPU time of the processes, fairer on a shared "
+             "machine), and the chooser's own wall seconds per run. Target (issue 15): within "
+             "0.005 of the best fixed, at most 0.005 below end-to-end, at <= 20 % of the wall "
+             "time.", "",
+             "| data | arch | labels | model | strategy | auto | n | chose | best fixed | "
+             "Δ best | end-to-end | Δ e2e | compute share (wall / CPU) | chooser s / run s | "
+             "target |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in a.to_dict("records"):
+        best = f"{r['best']} {r['best_auc']:.3f}" if "best" in r and pd.notna(r["best"]) else ""
+        e2e = f"{r['e2e_auc']:.3f}" if pd.notna(r.get("e2e_auc", np.nan)) else ""
+        lines.append(
+            f"| {r['data']} | {r['arch']} | {r['label_fraction']:g} | {r['model']} | "
+            f"{r['strategy']} | {r['auc']:.3f} ± {r['std']:.3f} | {r['n']} | {r['choices']} | "
+            f"{best} | {r.get('vs_best', np.nan):+.4f} | {e2e} | {r.get('vs_e2e', np.nan):+.4f} "
+            f"| {_pct(r['share'])} / {_pct(r['share_cpu'])} | {r['chooser_s']:.0f} / "
+            f"{r['run_s']:.0f} | "
+            f"{'met' if r['meets'] else 'missed'} |")
+    return lines
+
+
 def _fmt(mean: float, std: float, ci: float) -> str:
     ci_text = "" if math.isnan(ci) else f" [±{ci:.3f}]"
     return f"{mean:.3f} ± {std:.3f}{ci_text}"
@@ -238,6 +325,7 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
         for metric in ("test_auc", "test_acc"):
             lines += _pivot_md(part, metric, column, bold=kind == "finetune")
     ft = df[df["kind"] == "finetune"]
+    lines += _auto_md(auto_summary(df))
     tests = paired_tests(df)
     lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", tests, "strategy - ft")
     if not tests.empty:

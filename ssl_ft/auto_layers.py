@@ -1,0 +1,355 @@
+"""``layers: auto`` / ``truncate: auto``: choose the layer range and the cut, then fine-tune.
+
+The chooser never reads the test split (it runs on :func:`~ssl_ft.auto_evidence.without_test`
+data) and writes why it chose what it chose into ``metrics.json`` (``auto``) and
+``out/auto.json``. Among the candidates (Khan & Fang's quarters, 0-100, 50-100, 25-75 and
+0-75 t75 by default):
+
+1. **The cut.** A linear probe's validation AUC at every candidate cut (75 and 100 by
+   default). The network is cut shallower only when that probe beats the deepest cut by more
+   than ``cut_margin``: the last units then lose what the task needs (Head2Toe, Evci et al.,
+   ICML 2022: intermediate features can transfer better than the last ones).
+2. **The range.** At that cut, the candidate with the highest relative gradient norm
+   ``||g|| / ||w||`` over its units, measured with the probe's head on a few train batches
+   (Auto-RGN, Lee et al., "Surgical Fine-Tuning Improves Adaptation to Distribution Shifts",
+   ICLR 2023: the layers the new task wants to change most, relative to their size).
+3. **Optionally a race** (``race: N``): the first ``1 + N`` candidates by Auto-RGN start the
+   real run; after ``race_rung`` of the epochs the worse half by best validation AUC so far
+   stops, and so on (successive halving, Jamieson & Talwalkar, AISTATS 2016; SubTuning, Kaplun
+   et al. 2023, also picks layers by the validation score of fine-tuning). The survivor is not
+   restarted: its run continues in ``out``, so only the stopped runs cost extra. Off by
+   default: on the small validation splits measured here it chose worse (``docs/auto.md``).
+
+Steps 1-2 cost a few seconds of CPU (one forward pass per image, a few logistic fits, four
+backward passes). A random initialisation (``checkpoint: none``) has nothing to keep and
+trains every kept unit. ``layers: auto`` with a fixed ``truncate`` chooses the range under that
+cut; ``truncate: auto`` with fixed ``layers`` chooses the cut. See ``docs/auto.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ssl_ft.auto_evidence import (
+    gradient_evidence,
+    probe_evidence,
+    range_statistics,
+    subset_train,
+    without_test,
+)
+from ssl_ft.checkpoint import write_json
+from ssl_ft.config import from_dict
+from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.errors import UserError
+from ssl_ft.finetune.config import FinetuneConfig
+from ssl_ft.finetune.model import build_backbone
+from ssl_ft.models import check_input_size
+from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
+from ssl_ft.runtime import Dist, resolve_device, set_threads
+
+__all__ = ["CANDIDATES", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
+           "gather_evidence", "parse_candidate", "record_run", "resolve_auto", "shortlist"]
+
+#: Khan & Fang's quarters, the two halves' middle and end, end-to-end, and the 3/4 network
+CANDIDATES = ("0-25", "25-50", "50-75", "75-100", "0-100", "50-100", "25-75", "0-75 t75")
+
+
+@dataclass
+class AutoConfig:
+    """The chooser's options (``auto_args`` in a fine-tuning recipe)."""
+
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    cut_margin: float = 0.01        # cut shallower only if its val probe AUC is this much higher
+    race: int = 0                   # runners-up by Auto-RGN raced against the first (0: none)
+    race_rung: float = 0.25         # share of the epochs before the race's first halving
+    probe_limit: int | None = 2000  # train images for the probes (stratified draw)
+    grad_batches: int = 4           # train mini-batches for Auto-RGN
+    keep_race: bool = False         # keep the stopped candidates' checkpoints
+
+    def __post_init__(self) -> None:
+        if self.race < 0 or self.grad_batches < 1:
+            raise ValueError("race must be >= 0 and grad_batches >= 1")
+        if not 0 < self.race_rung < 1:
+            raise ValueError(f"race_rung must lie in (0, 1), got {self.race_rung}")
+        for c in self.candidates:
+            parse_candidate(c)
+
+
+_CANDIDATE = re.compile(r"^\s*(\S+?)\s*(?:t\s*(\S+))?\s*$")
+
+
+def parse_candidate(text: str) -> tuple[str, float]:
+    """``"25-50"`` -> ``("25-50", 100.0)``; ``"0-75 t75"`` -> ``("0-75", 75.0)``."""
+    m = _CANDIDATE.match(str(text))
+    if not m:
+        raise UserError(f"auto_args.candidates: {text!r} is not 'A-B' or 'A-B tP'")
+    a, b = parse_layers(m.group(1))
+    p = parse_percent(m.group(2) or 100, "auto_args.candidates truncate")
+    return f"{float(a):g}-{float(b):g}", float(p)
+
+
+def auto_config(cfg: FinetuneConfig) -> AutoConfig:
+    """The validated :class:`AutoConfig` of a recipe's ``auto_args``."""
+    return from_dict(AutoConfig, cfg.auto_args, where="auto_args", prefix="auto_args.")
+
+
+def _name(layers: str, truncate: float) -> str:
+    return layers + (f" t{truncate:g}" if truncate < 100 else "")
+
+
+def candidate_set(cfg: FinetuneConfig, auto: AutoConfig, dm: DepthMap) -> list[dict[str, Any]]:
+    """The (layers, truncate) pairs to choose from, given what ``cfg`` fixes: every candidate
+    (both auto), the candidate ranges under a fixed cut, or the candidate cuts (and 100) of a
+    fixed range. Pairs that train the same units at the same cut are merged; pairs that train
+    nothing are dropped."""
+    pairs = [parse_candidate(c) for c in auto.candidates]
+    if cfg.layers != "auto":
+        cuts = sorted({t for _, t in pairs} | {100.0})
+        pairs = [(cfg.layers, t) for t in cuts]
+    elif cfg.truncate != "auto":
+        pairs = [(lay, float(cfg.truncate)) for lay, _ in pairs]
+    out, seen = [], {}
+    for layers, truncate in pairs:
+        sel = dm.select(layers, truncate, allow_empty=True)
+        trained = tuple(u.index for u in sel.trained)
+        if not trained or (trained, truncate) in seen:
+            continue
+        seen[(trained, truncate)] = layers
+        out.append({"layers": layers, "truncate": truncate, "name": _name(layers, truncate),
+                    "trained": list(trained), "kept": len(sel.kept)})
+    if not out:
+        raise UserError(f"auto: no candidate of {', '.join(auto.candidates)} trains a unit of "
+                        f"{dm.arch} with layers {cfg.layers}, truncate {cfg.truncate}")
+    return out
+
+
+def _load(cfg: FinetuneConfig) -> ArraySplits:
+    return without_test(load_data(cfg.data, data_root=cfg.data_root, size=cfg.size,
+                                  channels=cfg.channels, label_fraction=cfg.label_fraction,
+                                  limit=cfg.limit, seed=cfg.seed, download=cfg.download))
+
+
+def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict[str, Any]],
+                    dm: DepthMap, splits: ArraySplits,
+                    device: torch.device) -> dict[str, Any]:
+    """Probe val AUC at every candidate cut and Auto-RGN of every candidate (added to the
+    candidate dicts); returns the probe rows and the seconds spent."""
+    torch.manual_seed(cfg.seed)  # a random init is the one the fine-tuning run draws
+    backbone, source = build_backbone(cfg.checkpoint, splits.info, arch=cfg.arch,
+                                      stem=cfg.stem, normalization=cfg.normalization)
+    from ssl_ft.depth_probe import probe_units
+
+    cuts = sorted({c["truncate"] for c in candidates})
+    units = {t: probe_units(dm, [t])[0] for t in cuts}
+    probe = probe_evidence(backbone, subset_train(splits, auto.probe_limit, cfg.seed), dm,
+                           list({u.index: u for u in units.values()}.values()), source,
+                           device=device)
+    by_unit = {r["index"]: r for r in probe["units"]}
+    seconds = probe["seconds"]
+    for t in cuts:
+        cut = copy.deepcopy(backbone).truncate(units[t].index + 1)
+        grad = gradient_evidence(cut, splits, source, batches=auto.grad_batches,
+                                 batch_size=cfg.batch_size, seed=cfg.seed,
+                                 c_grid=[by_unit[units[t].index]["C"]], device=device)
+        seconds += grad["seconds"]
+        for c in (c for c in candidates if c["truncate"] == t):
+            c.update(probe_val_auc=by_unit[units[t].index]["val_auc"],
+                     **range_statistics(grad["units"], c["trained"]))
+    return {"probe": [{"depth": t, "unit": units[t].name,
+                       "val_auc": by_unit[units[t].index]["val_auc"]} for t in cuts],
+            "seconds": seconds}
+
+
+def shortlist(candidates: list[dict[str, Any]], auto: AutoConfig) -> tuple[list[dict], str]:
+    """The candidates to race (first: the choice without a race) and why. The cut: the deepest
+    candidate cut, unless a shallower one's val probe AUC is more than ``cut_margin`` higher
+    (the last units then lose what the task needs: Head2Toe's case for intermediate features).
+    At that cut, the candidates by Auto-RGN, highest first (Lee et al.: the units the task
+    wants to change most, relative to their weights), the first ``1 + race`` of them."""
+    probe = {c["truncate"]: c["probe_val_auc"] for c in candidates}
+    deepest = max(probe)
+    top = max(probe, key=lambda t: (probe[t], -t))
+    cut = top if probe[top] - probe[deepest] > auto.cut_margin else deepest
+    ranked = sorted((c for c in candidates if c["truncate"] == cut), key=lambda c: -c["rgn"])
+    picked = ranked[:1 + auto.race]
+    why = (f"cut {cut:g} (val probe AUC " + ", ".join(f"{t:g}: {a:.4f}"
+                                                       for t, a in sorted(probe.items()))
+           + f", margin {auto.cut_margin:g}); Auto-RGN at that cut "
+           + ", ".join(f"{c['name']}: {c['rgn']:.3g}" for c in ranked))
+    if len(picked) > 1:
+        why += f"; raced {', '.join(c['name'] for c in picked)}"
+    return picked, why
+
+
+def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig,
+          folder: Path) -> dict[str, Any]:
+    """Successive halving on the real schedule: every candidate trains ``race_rung`` of the
+    epochs, the better half (best val AUC so far) goes on to twice as many, until one is left.
+    Returns the winner, whose paused run folder is ``winner["folder"]``."""
+    from ssl_ft.finetune.engine import finetune
+
+    alive, rung = list(picked), max(1, math.ceil(cfg.epochs * auto.race_rung))
+    while len(alive) > 1:
+        for c in alive:
+            c["folder"] = str(folder / re.sub(r"[^0-9a-z.-]+", "_", c["name"]))
+            run = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
+                                      out=c["folder"])
+            finetune(run, resume=True, progress=False, stop_after=rung)
+            c["race"] = [json.loads(line)["val_auc"]
+                         for line in (Path(c["folder"]) / "metrics.jsonl").read_text().split()]
+            print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
+                  f"{max(c['race']):.4f}", file=sys.stderr)
+        alive.sort(key=lambda c: -max(c["race"]))
+        keep = max(1, len(alive) // 2)
+        for c in alive[keep:]:
+            c["stopped_at"] = rung
+        alive, rung = alive[:keep], min(cfg.epochs - 1, rung * 2)
+    return alive[0]
+
+
+def _continue_in(out: Path, winner: dict[str, Any], auto: AutoConfig) -> None:
+    """Move the winner's paused run into ``out`` (the run continues there) and prune the
+    stopped candidates' checkpoints."""
+    src = Path(winner["folder"])
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("best.pt", "metrics.jsonl", "last.pt"):  # last.pt last: it marks a resumable run
+        shutil.copy2(src / name, out / name)
+    if (src / "tb").is_dir():
+        shutil.copytree(src / "tb", out / "tb", dirs_exist_ok=True)
+    if not auto.keep_race:
+        for ck in src.parent.glob("*/*.pt"):
+            ck.unlink()
+
+
+def resolve_auto(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False
+                 ) -> tuple[FinetuneConfig, dict[str, Any] | None, bool]:
+    """``cfg`` with ``layers``/``truncate`` ``auto`` replaced by the choice, the record of the
+    choice (None when nothing is ``auto``) and whether the run continues a paused one (the
+    race's winner). A run resumed after the choice reads it back from ``out/auto.json``.
+    ``dry_run`` gathers the evidence only (no race, nothing written) and returns the
+    shortlist's first candidate."""
+    if cfg.layers != "auto" and cfg.truncate != "auto":
+        return cfg, None, resume
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("layers/truncate auto runs in one process; choose first (tools/"
+                        "finetune.py --layers auto), then launch torchrun with the chosen "
+                        "values")
+    auto = auto_config(cfg)
+    out = Path(cfg.out)
+    record_file = out / "auto.json"
+    if resume and record_file.is_file() and not dry_run:
+        record = json.loads(record_file.read_text())
+        return dataclasses.replace(cfg, **record["chosen"]), record, True
+    if (out / "last.pt").exists() and not resume and not dry_run:
+        raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
+                        "or choose another --out")
+    record, winner = _choose(cfg, auto, race=not dry_run)
+    final = dataclasses.replace(cfg, **record["chosen"])
+    if dry_run:
+        return final, record, resume
+    if winner is not None:
+        _continue_in(out, winner, auto)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(record_file, record)
+    return final, record, winner is not None or resume
+
+
+def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
+            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The record of the choice (``chosen`` = ``{layers, truncate}``) and the race winner
+    (None when nothing was raced)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    set_threads(cfg.threads, Dist())
+    device = resolve_device(cfg.device)
+    splits = _load(cfg)
+    backbone, _ = build_backbone(cfg.checkpoint, splits.info, arch=cfg.arch, stem=cfg.stem)
+    check_input_size(backbone, splits.info.image_size)
+    dm = DepthMap.from_backbone(backbone, cfg.depth_unit)
+    candidates = candidate_set(cfg, auto, dm)
+    record: dict[str, Any] = {"requested": {"layers": cfg.layers, "truncate": cfg.truncate},
+                              "candidates": candidates, "evidence_s": 0.0, "race_s": 0.0}
+    winner = None
+    if cfg.checkpoint == "none":  # nothing pretrained to keep: train all that is kept
+        best = max(candidates, key=lambda c: (c["kept"], len(c["trained"]), -c["trained"][0]))
+        why = "a random initialisation has no features to keep: train every kept unit"
+    else:
+        ev = gather_evidence(cfg, auto, candidates, dm, splits, device)
+        record.update(probe=ev["probe"], evidence_s=ev["seconds"])
+        picked, why = shortlist(candidates, auto)
+        for c in candidates:
+            c["shortlisted"] = c in picked
+        best = picked[0]
+        if len(picked) > 1 and race and cfg.epochs > 1:
+            t1 = time.perf_counter()
+            winner = best = _race(cfg, picked, auto, Path(cfg.out) / "auto_race")
+            record["race_s"] = time.perf_counter() - t1
+            why += "; race (best val AUC so far): " + ", ".join(
+                f"{c['name']} {max(c['race']):.4f} after {len(c['race'])} epochs"
+                for c in picked)
+        elif len(picked) > 1:
+            why += "; not raced (dry run or a single epoch): the first of the shortlist"
+    chosen = {"layers": best["layers"], "truncate": best["truncate"]}
+    record.update(chosen=chosen, reason=f"{best['name']}: {why}",
+                  wall_time_s=time.perf_counter() - t0, cpu_time_s=time.process_time() - c0)
+    print(f"auto chose layers {best['layers']} truncate {best['truncate']:g}: {why} "
+          f"({record['wall_time_s']:.0f} s)", file=sys.stderr)
+    return record, winner
+
+
+def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: DepthMap,
+                 source: dict[str, Any], *, candidates: Sequence[float] = (25, 50, 75, 100),
+                 limit: int | None = 2000, seed: int = 0,
+                 device: torch.device | None = None) -> tuple[float, dict[str, Any]]:
+    """The depth to cut a frozen model at for fusion (``ensemble --depth auto``): the
+    candidate whose linear probe on the pooled features has the best validation AUC (ties: the
+    shallower). Reads only the train and val splits. Returns the depth and its evidence."""
+    from ssl_ft.depth_probe import probe_units
+
+    t0 = time.perf_counter()
+    device = device or torch.device("cpu")
+    data = subset_train(without_test(splits), limit, seed)
+    units = {float(p): probe_units(depth_map, [p])[0] for p in candidates}
+    ev = probe_evidence(backbone, data, depth_map, list({u.index: u for u in units.values()}
+                                                        .values()), source, device=device)
+    by_unit = {r["index"]: r for r in ev["units"]}
+    rows = [{"depth": p, "unit": u.name, "val_auc": by_unit[u.index]["val_auc"],
+             "C": by_unit[u.index]["C"]} for p, u in sorted(units.items())]
+    best = max(rows, key=lambda r: (r["val_auc"], -r["depth"]))
+    print(f"depth auto ({source['method'] or source['kind']}): " + ", ".join(
+        f"{r['depth']:g} % val probe AUC {r['val_auc']:.4f}" for r in rows)
+        + f" -> {best['depth']:g} %", file=sys.stderr)
+    return best["depth"], {"candidates": rows, "chosen": best["depth"],
+                           "seconds": time.perf_counter() - t0}
+
+
+def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,
+               cpu_seconds: float | None = None) -> None:
+    """Add the run's wall time and CPU time of this process (chooser included; on a shared
+    machine the CPU time is the fairer measure of compute) and the auto record to
+    ``out/metrics.json``, once (a finished run called again keeps its numbers)."""
+    path = Path(out) / "metrics.json"
+    if not path.is_file():
+        return
+    metrics = json.loads(path.read_text())
+    if "wall_time_s" in metrics:
+        return
+    metrics["wall_time_s"] = seconds
+    if cpu_seconds is not None:
+        metrics["cpu_time_s"] = cpu_seconds
+    if auto is not None:
+        metrics["auto"] = auto
+    write_json(path, metrics)
