@@ -34,3 +34,15 @@ def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
     assert len(synced) == 2
     assert synced[0].startswith(str(tmp_path / "sub" / ".last.pt.tmp-"))  # the data, before
     assert synced[1] == str(tmp_path / "sub")  # the rename, made durable
+
+
+def test_a_wrapper_prefix_is_stripped_only_when_every_key_has_more_after_it():
+    import torch
+
+    from ssl_ft.checkpoint._plain import plain_backbone
+
+    t = torch.zeros(1)
+    assert set(plain_backbone({"module.a": t, "module.b": t})) == {"a", "b"}
+    assert set(plain_backbone({"module._orig_mod.a": t})) == {"a"}
+    kept = plain_backbone({"module.": t, "module.a": t})  # "" would not be a key
+    assert set(kept) == {"module.", "module.a"}
