@@ -155,3 +155,51 @@ def test_register_refuses_empty_or_taken_names():
     for cls in (Nameless, Taken):
         with pytest.raises(ValueError, match="empty or taken"):
             register(cls)
+
+
+def test_auto_rgn_small_weights_stale_scales_and_zero_gradients(pneumonia):
+    model = _model(3)
+    s = _strategy("auto-rgn", selected=[8], model=model, measure_batches=1)
+    set_trainable(model, [8])
+    with torch.no_grad():  # a tensor of norm below 1 still has an RGN
+        model.backbone.layer4[1].bn2.weight.mul_(0.01)
+    opt = torch.optim.SGD(s.param_groups(0.0), lr=1.0)
+    for g in opt.param_groups:
+        g["lr_scale"] = 0.3  # left over from an earlier epoch
+    x, y = pneumonia[:16], torch.arange(16) % 2
+    model.eval()
+
+    def measure():
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    s.on_epoch_start(0, opt, measure)
+    small = "layer4.1.bn2.weight"
+    assert 0 < float(model.backbone.layer4[1].bn2.weight.detach().norm()) < 1 and small in s.rgn
+    scales = {g["name"]: g["lr_scale"] for g in opt.param_groups}
+    zero = [k for k, p in s.named_backbone_params() if float(p.detach().norm()) == 0]
+    assert zero and all(scales[k] == 1.0 for k in zero)  # reset, not left at 0.3
+    assert scales["head"] == 0.3  # the head group is the engine's (lr_scale set by others)
+
+    def no_signal():  # gradients that are all zero: every RGN is 0
+        (0.0 * torch.nn.functional.cross_entropy(model(x), y)).backward()
+
+    logs = s.on_epoch_start(1, opt, no_signal)
+    assert logs == {"rgn_max": 0.0, "rgn_scale_mean": 0.0}
+    scales = {g["name"]: g["lr_scale"] for g in opt.param_groups}
+    assert all(scales[k] == 0.0 for k in s.rgn)  # no tensor asks to change: none moves
+
+
+def test_lp_ft_epoch_start_logs_nothing_and_register_returns_the_class():
+    from ssl_ft.finetune.strategies.base import STRATEGIES, Strategy, register
+
+    s = _strategy("lp-ft", selected=[8], epochs=4, lp_epochs=2)
+    opt = torch.optim.SGD(s.param_groups(0.0), lr=1.0)
+    assert s.on_epoch_start(0, opt, lambda: None) == {}
+
+    class Probe(Strategy):
+        name = "test-probe-strategy"
+
+    try:
+        assert register(Probe) is Probe and STRATEGIES["test-probe-strategy"] is Probe
+    finally:
+        STRATEGIES.pop("test-probe-strategy", None)

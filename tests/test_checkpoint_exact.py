@@ -1,0 +1,48 @@
+"""Checkpoint details found by mutation testing: the match report's summary line and the
+fsyncs that make an atomic write durable."""
+
+from __future__ import annotations
+
+import os
+
+from ssl_ft.checkpoint import MatchReport
+from ssl_ft.checkpoint._files import atomic_write
+
+
+def test_match_report_summary_is_exact():
+    report = MatchReport(prefix="module.", missing=["fc.bias"], unexpected=["x", "y", "z", "w"],
+                         ignored=[], child_map={"0": "conv1", "4": "layer1"}, matched=3)
+    assert report.summary() == (
+        "matched 3/4 model tensors; stripped prefix 'module.'; mapped Sequential children "
+        "0->conv1, 4->layer1; 1 missing (fc.bias); 4 unexpected (x, y, z, ... (+1)); 0 ignored")
+    assert MatchReport("", [], [], [], matched=2).summary() == (
+        "matched 2/2 model tensors; 0 missing; 0 unexpected; 0 ignored")
+
+
+def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+
+    def spy(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    target = tmp_path / "sub" / "last.pt"
+    atomic_write(target, lambda f: f.write(b"data"))
+    assert target.read_bytes() == b"data"
+    assert len(synced) == 2
+    assert synced[0].startswith(str(tmp_path / "sub" / ".last.pt.tmp-"))  # the data, before
+    assert synced[1] == str(tmp_path / "sub")  # the rename, made durable
+
+
+def test_a_wrapper_prefix_is_stripped_only_when_every_key_has_more_after_it():
+    import torch
+
+    from ssl_ft.checkpoint._plain import plain_backbone
+
+    t = torch.zeros(1)
+    assert set(plain_backbone({"module.a": t, "module.b": t})) == {"a", "b"}
+    assert set(plain_backbone({"module._orig_mod.a": t})) == {"a"}
+    kept = plain_backbone({"module.": t, "module.a": t})  # "" would not be a key
+    assert set(kept) == {"module.", "module.a"}
