@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssl_ft.checkpoint import read_state_dict
 from ssl_ft.data import ArraySplits, load_data
+from ssl_ft.ensemble.members import peek_meta
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
@@ -139,15 +139,6 @@ def probe_backbone(cache: FeatureCache, splits: ArraySplits, depth_map: DepthMap
     return rows
 
 
-def _peek(checkpoint: str) -> dict[str, Any]:
-    if checkpoint in ("none", "imagenet"):
-        return {}
-    if not Path(checkpoint).is_file():
-        raise UserError(f"checkpoint {checkpoint!r} does not exist (give a file, 'imagenet' "
-                        "or 'none')")
-    return read_state_dict(checkpoint)[1] or {}
-
-
 def _aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for unit_rows in zip(*per_seed, strict=True):
@@ -195,7 +186,7 @@ def probe_depths(checkpoints: Sequence[str | None], data: str, *, arch: str | No
 def _probe_model(ck: str, label: str | None, seeds: list[int], load: dict[str, Any],
                  probe: dict[str, Any], arch: str | None, stem: str | None) -> dict[str, Any]:
     """One model of :func:`probe_depths`, every seed."""
-    meta = _peek(ck)
+    meta = peek_meta(ck)
     if not meta and arch is None:
         raise UserError(f"checkpoint {ck!r} says no architecture; pass arch (--arch)")
     per_seed, cache, model = [], None, None

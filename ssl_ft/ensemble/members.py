@@ -34,7 +34,7 @@ from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
 from ssl_ft.pretrain.evaluate import extract_features
 
-__all__ = ["DEFAULT_DEPTH", "Member", "block_normalize", "cache_dir", "file_sha256",
+__all__ = ["DEFAULT_DEPTH", "Member", "block_normalize", "cache_dir", "file_sha256", "peek_meta",
            "load_members", "member_features"]
 
 DEFAULT_DEPTH = {"contrastive": 50.0, "restorative": 75.0}
@@ -93,7 +93,8 @@ def file_sha256(path: str) -> str:
     return _HASHES[memo]
 
 
-def _peek(checkpoint: str) -> dict[str, Any]:
+def peek_meta(checkpoint: str) -> dict[str, Any]:
+    """An ssl_ft checkpoint's metadata (``{}`` for none/imagenet/plain state dicts)."""
     if checkpoint in ("none", "imagenet"):
         return {}
     if not Path(checkpoint).is_file():
@@ -118,7 +119,7 @@ def load_members(cfg) -> list[Member]:
     n = len(cfg.checkpoints)
     if n < 2:
         raise UserError(f"fusion needs at least two checkpoints, got {n}")
-    metas = [_peek(c) for c in cfg.checkpoints]
+    metas = [peek_meta(c) for c in cfg.checkpoints]
     sizes = {int(m["image_size"]) for m in metas if "image_size" in m}
     if len(sizes) > 1 and cfg.size is None:
         shown = ", ".join(f"{c} ({m['image_size']} px)" for c, m in zip(cfg.checkpoints, metas,

@@ -42,12 +42,12 @@ from typing import Any
 import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
+from lightly.models.utils import deactivate_requires_grad
 from torch import Tensor
 
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_bool, check_int, check_number, embedding_std
+from ssl_ft.methods.momentum import MomentumEncoderMixin
 from ssl_ft.models import Backbone
 
 __all__ = ["BYOL", "BYOLConfig"]
@@ -71,7 +71,7 @@ class BYOLConfig:
 
 
 @register
-class BYOL(SSLMethod):
+class BYOL(MomentumEncoderMixin, SSLMethod):
     """BYOL (Grill et al., NeurIPS 2020) on any :class:`~ssl_ft.models.Backbone`."""
 
     name = "byol"
@@ -108,17 +108,3 @@ class BYOL(SSLMethod):
         t0, t1 = self.target(v0), self.target(v1)
         loss = (2 + 2 * self.criterion(q0, t1)) + (2 + 2 * self.criterion(q1, t0))
         return {"loss": loss, "embedding_std": embedding_std(z0)}
-
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """Target momentum after optimiser step ``step`` (0-based) of ``total_steps``."""
-        if self.cfg.momentum_schedule and total_steps > 0:
-            return cosine_schedule(min(step, total_steps), total_steps, self.cfg.momentum, 1.0)
-        return float(self.cfg.momentum)
-
-    @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        """``target = m * target + (1 - m) * online`` for the backbone and projection head."""
-        m = self.momentum_at(step, total_steps)
-        update_momentum(self.backbone, self.backbone_momentum, m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m)
-        self.last_momentum = m

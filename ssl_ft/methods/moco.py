@@ -63,12 +63,11 @@ from lightly.models.utils import (
     batch_unshuffle,
     batch_unshuffle_distributed,
     deactivate_requires_grad,
-    update_momentum,
 )
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor
 
 from ssl_ft.methods.base import SSLMethod, register
+from ssl_ft.methods.momentum import MomentumEncoderMixin
 from ssl_ft.models import Backbone
 
 __all__ = ["MoCo", "MoCoConfig"]
@@ -108,7 +107,7 @@ def _distributed() -> bool:
 
 
 @register
-class MoCo(SSLMethod):
+class MoCo(MomentumEncoderMixin, SSLMethod):
     """MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297) on any
     :class:`~ssl_ft.models.Backbone`."""
 
@@ -171,20 +170,6 @@ class MoCo(SSLMethod):
             k = torch.cat([self.key(v1), self.key(v0)])
             return {"loss": 2 * self.criterion(q, k)}
         return {"loss": self.criterion(self.query(v0), self.key(v1))}
-
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """Key-encoder momentum after optimiser step ``step`` (0-based) of ``total_steps``."""
-        if self.cfg.momentum_schedule and total_steps > 0:
-            return cosine_schedule(min(step, total_steps), total_steps, self.cfg.momentum, 1.0)
-        return float(self.cfg.momentum)
-
-    @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        """Momentum update ``key = m * key + (1 - m) * query`` of the key encoder's parameters."""
-        m = self.momentum_at(step, total_steps)
-        update_momentum(self.backbone, self.backbone_momentum, m)
-        update_momentum(self.projection_head, self.projection_head_momentum, m)
-        self.last_momentum = m
 
     def extra_state(self) -> dict[str, Tensor]:
         """The queue and its pointer (lightly keeps them out of ``state_dict``)."""
