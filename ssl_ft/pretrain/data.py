@@ -39,16 +39,6 @@ class PretrainData:
     pool: Pool
 
 
-def _first_labelled(names: list[str]) -> str | None:
-    from pathlib import Path
-
-    for name in names:
-        path = Path(name).expanduser()
-        if not path.is_dir() or any(p.is_dir() for p in path.iterdir()):
-            return name
-    return None
-
-
 def load_pretrain_data(cfg: PretrainConfig) -> PretrainData:
     """Load the data a pretraining recipe names (see the module docstring)."""
     d = cfg.data
@@ -70,7 +60,8 @@ def load_pretrain_data(cfg: PretrainConfig) -> PretrainData:
                for s in (d.name if isinstance(d.name, list) else [d.name])]
     pool = load_pool(sources, data_root=d.root, size=d.size, channels=d.channels, limit=d.limit,
                      seed=cfg.seed, download=d.download, exclude=d.exclude)
-    target = cfg.eval.data or _first_labelled(names)
+    target = cfg.eval.data or next((names[k] for k, rec in enumerate(pool.sources)
+                                    if rec["kind"] != "unlabelled folder"), None)
     evaluation = _eval_splits(cfg, target, pool.info) if target and cfg.eval.every else None
     if evaluation is None and cfg.eval.every:
         print("no labelled source to evaluate on (set eval.data): online evaluation is off",
