@@ -35,6 +35,9 @@ Defaults for a resnet on small medical sets: DINO's ResNet-50 settings (no Batch
 head, normalised last layer, teacher temperature 0.04 without warm-up, student 0.1, centre
 momentum 0.9, teacher momentum 0.996), but ``out_dim=4096`` instead of 65536 prototypes (a few
 thousand images; lightly's examples use 2048) and no frozen last layer (``freeze_last_layer=0``).
+Measured on PneumoniaMNIST (docs/pretraining.md): in 5 epochs (90 steps) with these defaults the
+loss stayed at ln(out_dim), the teacher's centred output being near uniform, and the online kNN
+barely moved; with BatchNorm in the head or momentum 0.99 as well. Short runs are not enough.
 
 Example::
 
