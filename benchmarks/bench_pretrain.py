@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Training throughput (images/s) of each SSL method on real images, fp32 against bf16 autocast.
+"""Training throughput (images/s) of each SSL method on real images: fp32, bf16 autocast, and
+bf16 with the model in channels_last memory format (``--channels-last``) or under
+``torch.compile`` (``--compile``).
 
     python benchmarks/bench_pretrain.py --data pneumoniamnist --arch resnet18 --steps 6
+    python benchmarks/bench_pretrain.py --methods simclr --channels-last --compile --threads 1
 
 Times are measured inside one run and best read as ratios (shared machines drift).
 """
@@ -21,7 +24,7 @@ from ssl_ft.runtime import autocast
 
 
 def bench(method_name: str, splits, arch: str, stem: str, batch: int, steps: int,
-          precision: str) -> float:
+          precision: str, channels_last: bool = False, compiled: bool = False) -> float:
     info = splits.info
     torch.manual_seed(0)
     backbone = create_backbone(arch, in_chans=info.n_channels, stem=stem)
@@ -30,17 +33,22 @@ def bench(method_name: str, splits, arch: str, stem: str, batch: int, steps: int
                  info.n_channels), mean=info.mean, std=info.std, image_size=info.image_size)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01)
     x = torch.from_numpy(splits.images["train"][:batch]).float() / info.max_value
+    if channels_last:
+        method.backbone.to(memory_format=torch.channels_last)
+    if compiled:  # as train.compile does: the backbone in place, augmentations eager
+        method.backbone.compile()
     device = torch.device("cpu")
     times = []
-    for i in range(steps + 1):
+    warm = 3 if compiled else 1  # compilation happens in the first steps
+    for i in range(steps + warm):
         start = time.perf_counter()
         with autocast(device, precision):
             loss = method(x)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
-        method.after_step(i, steps + 1)
-        if i:  # the first step warms up
+        method.after_step(i, steps + warm)
+        if i >= warm:  # the first steps warm up
             times.append(time.perf_counter() - start)
     times.sort()
     return batch / times[len(times) // 2]
@@ -56,16 +64,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="*", default=sorted(METHODS))
+    p.add_argument("--channels-last", action="store_true", help="also bf16 + channels_last")
+    p.add_argument("--compile", action="store_true", help="also bf16 + torch.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     splits = load_data(args.data, data_root=args.data_root, limit=args.batch)
     print(f"{args.arch} ({args.stem} stem) on {args.data} {splits.info.image_size}px, "
           f"batch {args.batch}, {args.threads} threads: training images/s (median)")
-    print(f"{'method':<12} {'fp32':>8} {'bf16':>8} {'ratio':>6}")
+    variants = {"fp32": ("fp32", False, False), "bf16": ("bf16", False, False)}
+    if args.channels_last:
+        variants["bf16+CL"] = ("bf16", True, False)
+    if args.compile:
+        variants["bf16+compile"] = ("bf16", False, True)
+    print(f"{'method':<12} " + " ".join(f"{v:>12}" for v in variants) + "  (x fp32)")
     for name in args.methods:
-        fp32 = bench(name, splits, args.arch, args.stem, args.batch, args.steps, "fp32")
-        bf16 = bench(name, splits, args.arch, args.stem, args.batch, args.steps, "bf16")
-        print(f"{name:<12} {fp32:>8.1f} {bf16:>8.1f} {bf16 / fp32:>6.2f}")
+        rates = {v: bench(name, splits, args.arch, args.stem, args.batch, args.steps, *opts)
+                 for v, opts in variants.items()}
+        print(f"{name:<12} " + " ".join(f"{r:>12.1f}" for r in rates.values()) + "  "
+              + " ".join(f"{r / rates['fp32']:.2f}" for r in rates.values()), flush=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     deterministic: bool = False    # torch.use_deterministic_algorithms (exact resume on the CPU)
+    channels_last: bool = False    # backbone in channels_last memory format (see docs/performance.md)
+    compile: bool = False          # torch.compile the backbone (GPU; see docs/performance.md)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):

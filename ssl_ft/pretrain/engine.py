@@ -240,6 +240,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if cfg.eval.every and data.eval is not None:
         check_learnable(data.eval, "the online evaluation needs labels: set eval.every=0")
     method = build_method(cfg, info).to(device)
+    if cfg.train.channels_last:
+        method.to(memory_format=torch.channels_last)
     optimizer = _optimizer(cfg, method)
     images = data.images
     tensor = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
@@ -279,6 +281,10 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if dist.enabled:
         model = torch.nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        # the backbone only, in place (state-dict keys unchanged): the methods' augmentations
+        # stay eager, so their random draws are the same as without compilation
+        method.backbone.compile()
     writer = None
     if dist.is_main:
         make_run_folder(out)
