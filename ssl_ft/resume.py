@@ -32,10 +32,12 @@ __all__ = ["PRETRAIN_MAY_CHANGE", "check_same_recipe", "checkpoint_complete", "f
            "rewrite_jsonl"]
 
 #: Pretraining recipe keys (and sections) that may change on ``--resume``: they do not change
-#: the weights a run computes (``train.precision`` does change the arithmetic; it may change
-#: so that a run can move between a GPU and a CPU).
+#: the weights a run computes (``train.precision``, ``train.channels_last`` and ``train.compile``
+#: change the order of the arithmetic; they may change so that a run can move between a GPU and
+#: a CPU).
 PRETRAIN_MAY_CHANGE = ("out", "data.root", "data.download", "train.threads", "train.device",
-                       "train.precision", "train.save_every", "eval")
+                       "train.precision", "train.channels_last", "train.compile",
+                       "train.save_every", "eval")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
