@@ -75,6 +75,7 @@ class AutoConfig:
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
     cut_margin: float = 0.01        # cut shallower only if its val probe AUC is this much higher
     race: int = 0                   # runners-up by Auto-RGN raced against the first (0: none)
+    race_widest: bool = False       # also race the widest candidate at the cut (end-to-end)
     race_rung: float = 0.25         # share of the epochs before the race's first halving
     probe_limit: int | None = 2000  # train images for the probes (stratified draw)
     grad_batches: int = 4           # train mini-batches for Auto-RGN
@@ -179,13 +180,17 @@ def shortlist(candidates: list[dict[str, Any]], auto: AutoConfig) -> tuple[list[
     candidate cut, unless a shallower one's val probe AUC is more than ``cut_margin`` higher
     (the last units then lose what the task needs: Head2Toe's case for intermediate features).
     At that cut, the candidates by Auto-RGN, highest first (Lee et al.: the units the task
-    wants to change most, relative to their weights), the first ``1 + race`` of them."""
+    wants to change most, relative to their weights), the first ``1 + race`` of them, and with
+    ``race_widest`` the one that trains most units."""
     probe = {c["truncate"]: c["probe_val_auc"] for c in candidates}
     deepest = max(probe)
     top = max(probe, key=lambda t: (probe[t], -t))
     cut = top if probe[top] - probe[deepest] > auto.cut_margin else deepest
     ranked = sorted((c for c in candidates if c["truncate"] == cut), key=lambda c: -c["rgn"])
     picked = ranked[:1 + auto.race]
+    widest = max(ranked, key=lambda c: (len(c["trained"]), -c["trained"][0]))
+    if auto.race_widest and widest not in picked:  # (Auto-RGN never ranks a union first)
+        picked.append(widest)
     why = (f"cut {cut:g} (val probe AUC " + ", ".join(f"{t:g}: {a:.4f}"
                                                        for t, a in sorted(probe.items()))
            + f", margin {auto.cut_margin:g}); Auto-RGN at that cut "

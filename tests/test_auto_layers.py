@@ -73,6 +73,26 @@ def test_candidates_follow_what_is_fixed():
         AutoConfig(candidates=["25-50 x"])
 
 
+def test_shortlist_on_constructed_evidence():
+    from ssl_ft.auto_layers import shortlist
+
+    def cand(name, truncate, trained, probe, rgn):
+        return {"name": name, "layers": name.split()[0], "truncate": truncate,
+                "trained": trained, "probe_val_auc": probe, "rgn": rgn}
+
+    cands = [cand("0-25", 100, [0, 1, 2], 0.90, 0.1), cand("25-50", 100, [3, 4], 0.90, 0.7),
+             cand("0-100", 100, list(range(9)), 0.90, 0.3), cand("0-75 t75", 75, list(range(7)),
+                                                                  0.905, 0.2)]
+    picked, why = shortlist(cands, AutoConfig())  # the 75 probe is within the margin
+    assert [c["name"] for c in picked] == ["25-50"] and "cut 100" in why
+    picked, _ = shortlist(cands, AutoConfig(race=1, race_widest=True))
+    assert [c["name"] for c in picked] == ["25-50", "0-100"]  # 0-100 is also the runner-up
+    picked, _ = shortlist(cands, AutoConfig(race_widest=True))
+    assert [c["name"] for c in picked] == ["25-50", "0-100"]
+    picked, why = shortlist(cands, AutoConfig(cut_margin=0.001))
+    assert [c["name"] for c in picked] == ["0-75 t75"] and "cut 75" in why
+
+
 def test_a_constant_last_quarter_is_cut_off(data_root, tmp_path, broken_top):
     """A constructed case with a known answer: the last quarter carries no signal (its output
     is constant), so the network must be cut at 75 %."""

@@ -391,6 +391,12 @@ def test_report_puts_auto_beside_the_fixed_selections(tmp_path):
     assert a["vs_e2e"] == pytest.approx(0.035)
     assert a["share"] == pytest.approx(144 / 480) and a["chooser_s"] == 12.0
     assert a["choices"] == "25-50 x1, 0-75 t75 x1" and not a["meets"]
+    assert np.isnan(a["share_cpu"])  # no CPU times recorded
+    df.loc[df["seed"] == 1, "cpu_time_s"] = 10.0  # ... or only for some runs of the row
+    assert np.isnan(auto_summary(df).iloc[0]["share_cpu"])
+    df["cpu_time_s"] = np.where(df["selection"] == "auto", 5.0, 20.0)
+    assert auto_summary(df).iloc[0]["share_cpu"] == pytest.approx(10 / 120)
+    df = df.drop(columns="cpu_time_s")
     write_report(df, tmp_path, "auto")
     text = (tmp_path / "results.md").read_text()
     assert "## Auto against the fixed selections" in text

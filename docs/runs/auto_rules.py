@@ -58,13 +58,25 @@ def rules(g: dict[str, dict]) -> dict[str, str]:
     return out
 
 
+def _cost(g: dict[str, dict]) -> str:
+    """Auto's CPU time (chooser included) against the 8 fixed runs' (the CPU time of the
+    process: on a shared core the wall time mostly measures the other jobs)."""
+    runs = [m.get("cpu_time_s") for n, m in g.items() if n != "auto"]
+    a = g["auto"]
+    if a.get("cpu_time_s") is None or None in runs:
+        return "CPU time not recorded"
+    return (f"CPU: auto {a['cpu_time_s']:.1f} s (chooser {a['auto']['cpu_time_s']:.1f} s), "
+            f"the 8 fixed {sum(runs):.1f} s, share {a['cpu_time_s'] / sum(runs):.1%}")
+
+
 def main(out: Path) -> None:
     groups = {k: g for k, g in sorted(_load(out).items()) if "auto" in g and len(g) == 9}
     scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for key, g in groups.items():
         test = {n: g[n]["test"]["auc"] for n in g if n != "auto"}
         best = max(test, key=test.get)
-        print(f"{key}: best {best} {test[best]:.4f}, end-to-end {test['0-100']:.4f}")
+        print(f"{key}: best {best} {test[best]:.4f}, end-to-end {test['0-100']:.4f}; "
+              + _cost(g))
         for rule, choice in rules(g).items():
             d = (test[choice] - test[best], test[choice] - test["0-100"])
             scores[rule].append(d)

@@ -210,9 +210,8 @@ def auto_summary(df: pd.DataFrame, tolerance: float = 0.005) -> pd.DataFrame:
             if "0-100" in means:
                 row.update(e2e_auc=float(means["0-100"]), vs_e2e=row["auc"] - means["0-100"])
             for col, name in (("wall_time_s", "share"), ("cpu_time_s", "share_cpu")):
-                grid_s = fixed[col].sum(min_count=1) if col in fixed else np.nan
-                row[name] = float(a[col].sum() / grid_s) if grid_s and a[col].notna().all() \
-                    else float("nan")
+                known = col in g and g[col].notna().all()  # (a share of part of a row misleads)
+                row[name] = float(a[col].sum() / fixed[col].sum()) if known else float("nan")
             row["meets"] = bool(abs(row.get("vs_best", np.nan)) <= tolerance
                                 and row.get("vs_e2e", np.nan) >= -tolerance
                                 and row["share"] <= 0.2)
