@@ -3,13 +3,15 @@
 
     python tools/study.py recipes/study/tiny.yaml
     python tools/study.py recipes/study/khan_fang.yaml --list          # the cells, nothing run
+    python tools/study.py recipes/study/tuned_strategies.yaml --dry-run  # also the tuning trials
     python tools/study.py recipes/study/khan_fang.yaml workers=2 --report-only
     python tools/study.py recipes/study/davila.yaml --executor slurm slurm.partition=gpu \
         slurm.gpus_per_node=1 slurm.timeout_min=240   # each cell a SLURM job (submitit)
 
 Cells already finished are skipped and unfinished ones resumed, so a killed study continues
-when the same command runs again. The report goes to OUT/results.md (with results.csv,
-summary.csv and PNG figures).
+when the same command runs again. With a tune: block the tuning trials (OUT/cells/tune/) run
+first and each group's seeds then use the values chosen on the validation split. The report goes
+to OUT/results.md (with results.csv, summary.csv, tuning.csv and PNG figures).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("recipe", help="study recipe (see recipes/study/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override recipe keys, e.g. workers=2 out=/tmp/study")
-    parser.add_argument("--list", action="store_true", help="print the cells and exit")
+    parser.add_argument("--list", "--dry-run", action="store_true", dest="list",
+                        help="print the cells (tuning trials included, and what each tuned "
+                             "cell chose or waits for) and exit; nothing runs")
     parser.add_argument("--report-only", action="store_true",
                         help="aggregate the finished cells without running any")
     parser.add_argument("--executor", choices=["local", "submitit-local", "slurm"],
@@ -41,19 +45,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.overrides.append(f"executor={args.executor}")
 
     from ssl_ft.runlock import RunLock
-    from ssl_ft.study import collect, expand, is_done, load_study, run_study, write_report
+    from ssl_ft.study import collect, expand, load_study, run_study, write_report
+    from ssl_ft.study.runner import list_cells
+    from ssl_ft.study.tuning_report import tuning_table
 
     study = load_study(args.recipe, args.overrides)
     cells = expand(study)
     if args.list:
-        for cell in cells:
-            state = "done" if is_done(cell, study.out) else "todo"
-            print(f"{state}  {cell.id}")
-        print(f"{len(cells)} cells")
+        print("\n".join(list_cells(study, cells)))
         return
     with RunLock(study.out):  # one study at a time in its folder, from the start to the report
         failed = {} if args.report_only else run_study(study, cells)
-        files = write_report(collect(cells, study.out), study.out, study.name)
+        tuning = tuning_table(cells, study.out) if study.tune is not None else None
+        files = write_report(collect(cells, study.out), study.out, study.name, tuning)
     print(f"wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)

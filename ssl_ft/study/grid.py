@@ -27,6 +27,9 @@ al.'s strategies x architectures x datasets). The recipe::
     ensemble:
       base: {}
       grid: {data: [pneumoniamnist], checkpoints: [[simclr, genesis]], seed: [0, 1, 2]}
+    tune:                           # per-strategy tuning on the val split (ssl_ft.study.tune)
+      seeds: [0]
+      grid: {lr: [0.001, 0.01], strategy_args.alpha: {l2-sp: [0.001, 0.01, 0.1]}}
 
 Every cell has a stable id built from the values that vary, which names its run folder, so a
 re-started study finds its finished cells.
@@ -47,8 +50,9 @@ from ssl_ft.ensemble.config import EnsembleConfig
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.study.submit import EXECUTORS, SlurmConfig
+from ssl_ft.study.tune import Tune
 
-__all__ = ["Cell", "Study", "expand", "load_study"]
+__all__ = ["Cell", "Study", "cell_id", "expand", "load_study"]
 
 KINDS = {"finetune": FinetuneConfig, "ensemble": EnsembleConfig}
 # what a finished fine-tuning cell keeps besides metrics.json, logs and TensorBoard files: its
@@ -76,6 +80,7 @@ class Study:
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune: Section | None = None
     ensemble: Section | None = None
+    tune: Tune | None = None       # per-strategy tuning of the finetune cells (ssl_ft.study.tune)
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -90,13 +95,18 @@ class Study:
 @dataclass
 class Cell:
     """One run: ``kind`` (pretrain | finetune | ensemble), its id, the values that vary across
-    the grid (``labels``) and the full configuration for the library call."""
+    the grid (``labels``) and the full configuration for the library call. A tuning trial is a
+    finetune cell with ``trial`` set (its group, grid point and seed); a cell of a tuned group
+    has ``tune`` (the grid, its points and their trials' ids), and its configuration gets the
+    chosen point when its trials have ended (:func:`ssl_ft.study.tune.resolve`)."""
 
     kind: str
     id: str
     labels: dict[str, Any]
     config: dict[str, Any]
-    needs: list[str] = field(default_factory=list)  # ids of pretrain cells to finish first
+    needs: list[str] = field(default_factory=list)  # ids of cells to finish first
+    trial: dict[str, Any] | None = None
+    tune: dict[str, Any] | None = None
 
     def folder(self, study_out: str | Path) -> Path:
         return Path(study_out) / "cells" / self.id
@@ -107,10 +117,16 @@ def load_study(path: str | Path, overrides: list[str] = ()) -> Study:
     from ssl_ft.config import apply_overrides
 
     data = apply_overrides(read_yaml(path), overrides)
+    tune = data.pop("tune", None)  # (read on its own: an optional section's errors name the key)
     study = from_dict(Study, data, where=str(path))
+    if tune is not None:
+        study.tune = from_dict(Tune, tune, where=str(path), prefix="tune.")
     sections = [k for k in ("finetune", "ensemble") if getattr(study, k) is not None]
     if not sections:
         raise UserError(f"{path}: the study has no finetune or ensemble section, so no cells")
+    if study.tune is not None and study.finetune is None:
+        raise UserError(f"{path}: tune: tunes fine-tuning cells, and the study has no finetune "
+                        "section")
     for kind in sections:
         section = getattr(study, kind)
         if not section.grid and not section.extra:
@@ -170,7 +186,12 @@ def expand(study: Study) -> list[Cell]:
                     cells.setdefault(p.id, p)
                 cells.setdefault(cell.id, cell)
     order = {"pretrain": 0, "finetune": 1, "ensemble": 2}
-    return sorted(cells.values(), key=lambda c: order[c.kind])
+    out = sorted(cells.values(), key=lambda c: order[c.kind])
+    if study.tune is not None:
+        from ssl_ft.study.tune import add_tuning
+
+        out = add_tuning(study.tune, out)
+    return out
 
 
 def _resolve(study: Study, name: Any, data: str) -> tuple[str, list[Cell]]:
@@ -194,6 +215,13 @@ def _resolve(study: Study, name: Any, data: str) -> tuple[str, list[Cell]]:
     return name, []  # a literal path, none or imagenet
 
 
+def cell_id(prefix: str, labels: dict[str, Any], config: dict[str, Any]) -> str:
+    """``prefix/key=value,...-digest``: the values that vary, then a digest of the whole
+    configuration (a changed configuration is a new cell, not a stale one)."""
+    parts = [f"{k}={_slug(v)}" for k, v in sorted(labels.items())]
+    return f"{prefix}/" + ",".join(parts)[:150] + f"-{_digest(config)}"
+
+
 def _cell(study: Study, kind: str, base: dict, labels: dict[str, Any]) -> tuple[Cell, list[Cell]]:
     config = {**base, **labels}
     data = str(config.get("data", "pneumoniamnist"))
@@ -207,8 +235,7 @@ def _cell(study: Study, kind: str, base: dict, labels: dict[str, Any]) -> tuple[
             paths.append(path)
             needs += need
         config["checkpoints"] = paths
-    parts = [f"{k}={_slug(v)}" for k, v in sorted(labels.items())]
-    cid = f"{kind}/" + ",".join(parts)[:150] + f"-{_digest(config)}"
+    cid = cell_id(kind, labels, config)
     cfg = from_dict(KINDS[kind], config, where=f"study cell {cid}")
     if kind == "finetune":  # fail before hours of runs, not in the middle of them
         from ssl_ft.finetune.strategies import get_strategy

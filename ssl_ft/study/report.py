@@ -71,15 +71,19 @@ def metrics_rows(m: dict[str, Any], model: str | None = None) -> list[dict[str, 
 def collect(cells: list[Cell], out: str | Path) -> pd.DataFrame:
     """One row per finished run (a fusion cell gives one row per variant: the fusion, each
     model alone, late fusion)."""
+    from ssl_ft.study.tuning_report import budget_columns, tune_columns
+
     rows = []
     for cell in cells:
         path = cell.folder(out) / "metrics.json"
-        if cell.kind == "pretrain" or not path.is_file():
-            continue
+        if cell.kind == "pretrain" or cell.trial is not None or not path.is_file():
+            continue  # (tuning trials go to tuning.csv)
         m = json.loads(path.read_text())
         name = cell.labels.get("checkpoint")
-        rows += [{"cell": cell.id, **r} for r in metrics_rows(m, None if name is None
-                                                              else str(name))]
+        extra = {**budget_columns(m), **tune_columns(cell, m, out)} if cell.kind == "finetune" \
+            else {}
+        rows += [{"cell": cell.id, **r, **extra} for r in metrics_rows(m, None if name is None
+                                                                       else str(name))]
     return pd.DataFrame(rows)
 
 
@@ -298,12 +302,18 @@ def _paired_md(title: str, tests: pd.DataFrame, what: str) -> list[str]:
     return lines
 
 
-def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
-    """results.csv, results.md and the figures that the data supports; returns the files."""
+def write_report(df: pd.DataFrame, out: str | Path, title: str,
+                 tuning: pd.DataFrame | None = None) -> list[Path]:
+    """results.csv, results.md and the figures that the data supports; with ``tuning`` (the
+    trials, :func:`~ssl_ft.study.tuning_report.tuning_table`) also tuning.csv and a tuning
+    section. Returns the files."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.csv", out / "results.md"]
     _write_text(written[0], df.to_csv(index=False))
+    if tuning is not None and not tuning.empty:
+        _write_text(out / "tuning.csv", tuning.to_csv(index=False))
+        written.append(out / "tuning.csv")
     lines = [f"# {title}", "", f"{len(df)} rows (a fusion run gives one per variant). Bold: the "
              "best fine-tuning mean in its row. Fusion tables: one column per fusion "
              "experiment (its models and depths), with each model alone and late fusion."]
@@ -324,6 +334,10 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str) -> list[Path]:
         for metric in ("test_auc", "test_acc"):
             lines += _pivot_md(part, metric, column, bold=kind == "finetune")
     ft = df[df["kind"] == "finetune"]
+    if tuning is not None and not tuning.empty:
+        from ssl_ft.study.tuning_report import tuning_md
+
+        lines += tuning_md(df, tuning)
     lines += _auto_md(auto_summary(df))
     tests = paired_tests(df)
     lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", tests, "strategy - ft")

@@ -5,6 +5,8 @@ Each cell calls the same library function as its tool (:func:`ssl_ft.pretrain.pr
 :func:`ssl_ft.finetune.finetune`, :func:`ssl_ft.ensemble.ensemble`) with its run folder under
 ``<out>/cells/<id>`` and its log in ``log.txt`` there. A failed cell writes ``error.txt`` and
 the study goes on; a killed study re-started with the same recipe continues where it stopped.
+With a ``tune:`` block the tuning trials run after the pretraining and before the other cells,
+which then get their group's chosen values (:mod:`ssl_ft.study.tune`).
 """
 
 from __future__ import annotations
@@ -24,28 +26,59 @@ from ssl_ft.errors import UserError
 from ssl_ft.runlock import LOCK_NAME, RunLock, is_temp_file
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
+from ssl_ft.study.tune import diverged, resolve
 
-__all__ = ["check_inputs", "is_done", "prune", "run_cell", "run_study"]
+__all__ = ["check_inputs", "is_done", "list_cells", "prune", "run_cell", "run_study"]
 
 
 def is_done(cell: Cell, out: str | Path) -> bool:
+    """Whether a cell has its result (a tuning trial also when it diverged: that is its result)."""
     folder = cell.folder(out)
+    if cell.trial is not None and diverged(folder):
+        return True
     return (folder / ("checkpoint.pt" if cell.kind == "pretrain" else "metrics.json")).is_file()
+
+
+def list_cells(study: Study, cells: list[Cell]) -> list[str]:
+    """What ``tools/study.py --list`` / ``--dry-run`` prints: one line a cell (done, todo or
+    diverged, its id; for a tuned cell what it chose, or how many trials it waits for), then the
+    counts."""
+    from ssl_ft.study.tune import value_of
+    from ssl_ft.study.tuning_report import point_text
+
+    lines = []
+    for cell in cells:
+        state = "done" if is_done(cell, study.out) else "todo"
+        if cell.trial is not None and diverged(cell.folder(study.out)):
+            state = "diverged"
+        note = ""
+        if cell.tune:
+            n = sum(len(ids) for ids in cell.tune["trials"])
+            try:
+                config = resolve(cell, study.out).config
+                chosen = point_text({k: value_of(config, k) for k in cell.tune["points"][0]})
+                note = f"  [tuned: {chosen}" + (f", chosen from {n} trials]" if n else "]")
+            except UserError:
+                note = f"  [tuned: waits for {n} trials]"
+        lines.append(f"{state}  {cell.id}{note}")
+    trials = sum(c.trial is not None for c in cells)
+    return lines + [f"{len(cells)} cells" + (f" ({trials} tuning trials)" if trials else "")]
 
 
 def prune(cell: Cell, out: str | Path, keep: str) -> None:
     """Delete what a finished fine-tuning cell no longer needs (``Study.keep``): its resume
     state ``last.pt`` and ``best.pt`` (a copy of model.pt), so that hundreds of cells do not fill
     the disk (a resnet50 cell holds ~0.4 GB otherwise). A finished cell of any kind whose run was
-    killed after its last file (before it let go of its lock) loses the stale lock and temp files."""
-    if not is_done(cell, out):
+    killed after its last file (before it let go of its lock) loses the stale lock and temp files.
+    A tuning trial keeps no weights (``keep: metrics``)."""
+    if not is_done(cell, out) or not cell.folder(out).is_dir():
         return
     folder = cell.folder(out)
     if any(p.name == LOCK_NAME or is_temp_file(p) for p in folder.iterdir()):
         with contextlib.suppress(UserError), RunLock(folder):  # in use elsewhere: left alone
             pass
     if cell.kind == "finetune":
-        for name in KEEP[keep]:
+        for name in KEEP["metrics" if cell.trial is not None else keep]:
             (folder / name).unlink(missing_ok=True)
 
 
@@ -181,8 +214,10 @@ def _run_study(study: Study, cells: list[Cell], workers: int | None,
     failed: dict[str, str] = {}
     count = [len(cells) - len(todo), len(cells)]
     try:
-        for phase in ("pretrain", "rest"):
-            batch = [c for c in todo if (c.kind == "pretrain") == (phase == "pretrain")]
+        for phase in ("pretrain", "tune", "rest"):
+            batch = [c for c in todo if _phase(c) == phase]
+            if phase == "rest":  # (also drops the cells whose inputs failed)
+                batch = _resolve_tuned(batch, study.out, failed)
             batch = [c for c in batch if not any(n in failed for n in c.needs)]
             _run_batch(batch, study, threads, pool, bar, failed, count, show)
     finally:
@@ -192,6 +227,28 @@ def _run_study(study: Study, cells: list[Cell], workers: int | None,
     for cid, err in failed.items():
         print(f"FAILED {cid}: {err}", file=sys.stderr)
     return failed
+
+
+def _phase(cell: Cell) -> str:
+    return "pretrain" if cell.kind == "pretrain" else "tune" if cell.trial is not None else "rest"
+
+
+def _resolve_tuned(batch: list[Cell], out: str | Path, failed: dict[str, str]) -> list[Cell]:
+    """The cells with their group's chosen values (:func:`ssl_ft.study.tune.resolve`); a
+    diverged trial is a result, not a failure; a cell whose group cannot choose fails."""
+    for cid in [c for c in failed if c.startswith("tune/")]:
+        if diverged(Path(out) / "cells" / cid):
+            print(f"tuning trial {cid} diverged (scored as the worst point)", file=sys.stderr)
+            del failed[cid]
+    ready = []
+    for cell in batch:
+        if any(n in failed for n in cell.needs):
+            continue
+        try:
+            ready.append(resolve(cell, out))
+        except UserError as exc:
+            failed[cell.id] = str(exc)
+    return ready
 
 
 def _pool(study: Study, workers: int) -> Executor | None:
