@@ -97,6 +97,7 @@ def test_nested_strategy_args_from_an_override_replace_the_flat_key():
     ({"grid": {"lr": ["fast", 0.1]}}, "lr = 'fast' has the wrong type"),
     ({"grid": {}}, "tune.grid is empty"),
     ({"seeds": [], "grid": {"lr": [0.1]}}, "tune.seeds is an empty list"),
+    ({"seeds": [3, 3], "grid": {"lr": [0.1]}}, "tune.seeds = [3, 3] repeats a seed"),
     ({"metric": "test_auc", "grid": {"lr": [0.1]}}, "tune.metric = 'test_auc' is not allowed"),
     ({"grid": {"lr": [0.1]}, "rounds": 2}, "unknown key tune.rounds"),
 ])
@@ -282,3 +283,27 @@ def test_the_shipped_tuned_recipe_expands():
     assert per["l2-sp"] == per["l1-sp"] == per["discriminative"] == 9 and per["auto-rgn"] == 3
     assert {t.trial["seed"] for t in trials} == set(study.tune.seeds)
     assert not set(study.tune.seeds) & {c.config["seed"] for c in final}  # disjoint seeds
+
+
+def test_tuning_trials_run_as_submitit_jobs_before_the_cells_that_use_them(data_root, tmp_path,
+                                                                          tool, monkeypatch):
+    """executor submitit-local: two trials and the tuned cell are three jobs; the cell's job is
+    submitted after both trials ended, with the chosen value in its configuration."""
+    import pickle
+
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    mod = tool("study")
+    path = _recipe(tmp_path, {"grid": {"lr": [0.001, 0.01]}}, strategies=("ft",), seeds=(0,))
+    assert mod.run(mod.main, [str(path), "--executor", "submitit-local"]) == 0
+    jobs = {}
+    for sub in (tmp_path / "out" / "submitit").glob("*/*_submitted.pkl"):
+        with open(sub, "rb") as fh:
+            args = pickle.load(fh).args
+        jobs[args[2]] = (sub.stat().st_mtime, args[1],
+                         next(sub.parent.glob("*_result.pkl")).stat().st_mtime)
+    trials = [v for k, v in jobs.items() if "/tune/" in k]
+    (cell,) = [v for k, v in jobs.items() if "/finetune/" in k]
+    assert len(trials) == 2 and cell[0] >= max(t[2] for t in trials)
+    tuning = pd.read_csv(tmp_path / "out" / "tuning.csv")
+    assert cell[1]["lr"] == tuning.loc[tuning["val_auc"].idxmax(), "lr"]
+    assert tuning["chosen"].sum() == 1

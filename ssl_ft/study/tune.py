@@ -60,6 +60,8 @@ class Tune:
         if self.seeds is not None and not self.seeds:
             raise ValueError("tune.seeds is an empty list (leave it out to use each group's "
                              "first seed)")
+        if self.seeds is not None and len(set(self.seeds)) < len(self.seeds):
+            raise ValueError(f"tune.seeds = {self.seeds} repeats a seed")
 
 
 def _strategy_names() -> list[str]:
@@ -161,7 +163,7 @@ def add_tuning(tune: Tune, cells: list) -> list:
     cells). Groups with one grid point get its values without trials."""
     from ssl_ft.study.grid import Cell, cell_id
 
-    grid = normalize_grid(tune.grid)
+    grid = normalize_grid(tune.grid)  # (checked before any cell, so a bad key is the one error)
     groups: dict[str, list] = {}
     for cell in cells:
         if cell.kind == "finetune":
@@ -188,17 +190,8 @@ def add_tuning(tune: Tune, cells: list) -> list:
                          if strategy in v or DEFAULT in v}, "trials": []}
         fixed = {k: v for k, v in first.labels.items() if k != "seed"}
         group = ",".join(f"{k}={v}" for k, v in sorted(fixed.items())) or "all"
-        for point in points if len(points) > 1 else []:
-            ids = []
-            for seed in seeds:
-                config = apply_point({**first.config, "seed": seed}, point)
-                labels = {**fixed, "seed": seed, **{_short(k): v for k, v in point.items()}}
-                cid = cell_id("tune", labels, config)
-                _validate(config, cid)
-                trials.append(Cell("finetune", cid, labels, config, list(first.needs),
-                                   trial={"group": group, "point": point, "seed": seed}))
-                ids.append(cid)
-            spec["trials"].append(ids)
+        if len(points) > 1:
+            spec["trials"] = _trials(first, fixed, group, points, seeds, trials)
         for cell in members:
             config = cell.config if len(points) > 1 else apply_point(cell.config, points[0])
             _validate(config, cell.id)
@@ -210,6 +203,27 @@ def add_tuning(tune: Tune, cells: list) -> list:
     rest = [changed.get(c.id, c) for c in cells]
     first_ft = next((i for i, c in enumerate(rest) if c.kind == "finetune"), len(rest))
     return rest[:first_ft] + trials + rest[first_ft:]
+
+
+def _trials(first: Any, fixed: dict[str, Any], group: str, points: list[dict[str, Any]],
+            seeds: list[int], into: list) -> list[list[str]]:
+    """Append a group's trial cells (one per point and tuning seed) to ``into``; returns their
+    ids per point."""
+    from ssl_ft.study.grid import Cell, cell_id
+
+    ids = []
+    for point in points:
+        row = []
+        for seed in seeds:
+            config = apply_point({**first.config, "seed": seed}, point)
+            labels = {**fixed, "seed": seed, **{_short(k): v for k, v in point.items()}}
+            cid = cell_id("tune", labels, config)
+            _validate(config, cid)
+            into.append(Cell("finetune", cid, labels, config, list(first.needs),
+                             trial={"group": group, "point": point, "seed": seed}))
+            row.append(cid)
+        ids.append(row)
+    return ids
 
 
 def _validate(config: dict[str, Any], where: str) -> None:
