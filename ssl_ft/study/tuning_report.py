@@ -154,10 +154,9 @@ def tuning_md(df: pd.DataFrame, tuning: pd.DataFrame) -> list[str]:
         chosen = ", ".join(dict.fromkeys(g["tuned"]))
         score = g["tune_score"].iloc[0]
         auc = g["test_auc"].to_numpy(float)
-        sd = auc.std(ddof=1) if len(auc) > 1 else 0.0
+        spread = f" ± {auc.std(ddof=1):.3f}" if len(auc) > 1 else ""
         lines.append(f"| {r['data']} | {r['arch']} | {r['label_fraction']:g} | {r['model']} | "
                      f"{r['selection']} | {r['strategy']} | {r['tune_grid']} | {chosen} | "
                      f"{'' if math.isnan(score) else f'{score:.4f}'} | "
-                     f"{int(g['tune_trials'].iloc[0])} | {auc.mean():.3f} ± {sd:.3f} "
-                     f"({len(auc)}) |")
+                     f"{int(g['tune_trials'].iloc[0])} | {auc.mean():.3f}{spread} ({len(auc)}) |")
     return lines
