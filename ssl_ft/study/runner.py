@@ -71,7 +71,7 @@ def prune(cell: Cell, out: str | Path, keep: str) -> None:
     the disk (a resnet50 cell holds ~0.4 GB otherwise). A finished cell of any kind whose run was
     killed after its last file (before it let go of its lock) loses the stale lock and temp files.
     A tuning trial keeps no weights (``keep: metrics``)."""
-    if not is_done(cell, out) or not cell.folder(out).is_dir():
+    if not is_done(cell, out):
         return
     folder = cell.folder(out)
     if any(p.name == LOCK_NAME or is_temp_file(p) for p in folder.iterdir()):
