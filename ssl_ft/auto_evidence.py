@@ -27,10 +27,9 @@ from torch import nn
 from ssl_ft.data import ArraySplits
 from ssl_ft.data.subsample import subsample
 from ssl_ft.depth_probe import FeatureCache, probe_backbone
+from ssl_ft.features import C_GRID, fit_linear_head
 from ssl_ft.finetune.model import FinetuneModel
 from ssl_ft.models.depth import DepthMap, Unit
-from ssl_ft.pretrain.evaluate import extract_features
-from ssl_ft.probe import C_GRID, head_from_probe, probe_features
 
 __all__ = ["gradient_evidence", "probe_evidence", "range_statistics", "subset_train",
            "without_test"]
@@ -70,18 +69,6 @@ def probe_evidence(backbone: nn.Module, splits: ArraySplits, depth_map: DepthMap
             "n_train": len(splits.labels["train"])}
 
 
-def _fit_head(model: FinetuneModel, splits: ArraySplits, source: dict[str, Any],
-              device: torch.device, c_grid: Sequence[float]) -> None:
-    """The head of ``model``: the val-selected logistic probe on its pooled features."""
-    info = splits.info
-    feats = {s: extract_features(model.backbone, splits.images[s], max_value=info.max_value,
-                                 mean=source["mean"], std=source["std"], device=device).numpy()
-             for s in ("train", "val")}
-    res = probe_features(feats, splits.labels, task=info.task, num_classes=info.num_classes,
-                         c_grid=c_grid)
-    head_from_probe(model.head, res["classifier"], info.num_classes, res["scaler"])
-
-
 def gradient_evidence(backbone: nn.Module, splits: ArraySplits, source: dict[str, Any], *,
                       batches: int = 4, batch_size: int = 64, seed: int = 0,
                       c_grid: Sequence[float] = C_GRID, device: torch.device) -> dict[str, Any]:
@@ -93,7 +80,8 @@ def gradient_evidence(backbone: nn.Module, splits: ArraySplits, source: dict[str
     info = splits.info
     model = FinetuneModel(backbone, info.num_classes, tuple(source["mean"]),
                           tuple(source["std"])).to(device)
-    _fit_head(model, splits, source, device, c_grid)
+    fit_linear_head(model.backbone, model.head, splits, mean=source["mean"], std=source["std"],
+                    device=device, c_grid=c_grid)
     units = backbone.units
     params = [[p for _, p in backbone.unit_parameters(u)] for u in units]
     total = [[torch.zeros_like(p) for p in ps] for ps in params]

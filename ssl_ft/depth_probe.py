@@ -1,9 +1,9 @@
 """The depth probe: how linearly separable are a backbone's features at every unit of its depth map?
 
 One forward pass per image caches the globally pooled feature map after every unit
-(:func:`~ssl_ft.pretrain.evaluate.extract_unit_features`, the ``forward_intermediates`` features
+(:func:`~ssl_ft.features.extract_unit_features`, the ``forward_intermediates`` features
 API); a logistic-regression probe with its regularisation ``C`` chosen on the validation AUC
-(:func:`ssl_ft.probe.probe_features`, the same probe as ``tools/probe.py``) is then fitted at
+(:func:`ssl_ft.features.probe_features`, the same probe as ``tools/probe.py``) is then fitted at
 each depth. The curve of probe AUC against depth is Head2Toe's observation made visible (Evci et
 al., "Head2Toe: Utilizing Intermediate Representations for Better Transfer Learning", ICML
 2022: intermediate layers often transfer better than the last one), and it is the cheap
@@ -34,11 +34,10 @@ from torch import nn
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.ensemble.members import peek_meta
 from ssl_ft.errors import UserError
+from ssl_ft.features import C_GRID, extract_unit_features, probe_features
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Unit, parse_percent
-from ssl_ft.pretrain.evaluate import extract_unit_features
-from ssl_ft.probe import C_GRID, probe_features
 
 __all__ = ["FeatureCache", "model_label", "probe_backbone", "probe_depths", "probe_units",
            "write_probe_report"]

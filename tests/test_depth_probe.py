@@ -13,8 +13,8 @@ from ssl_ft.checkpoint import save_checkpoint
 from ssl_ft.cli import run
 from ssl_ft.data import load_data
 from ssl_ft.depth_probe import FeatureCache, probe_depths, probe_units
+from ssl_ft.features import extract_features
 from ssl_ft.models import DepthMap, create_backbone
-from ssl_ft.pretrain.evaluate import extract_features
 from ssl_ft.probe import linear_probe
 
 

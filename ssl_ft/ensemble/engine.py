@@ -38,13 +38,12 @@ from ssl_ft.ensemble.members import (
     member_features,
 )
 from ssl_ft.errors import UserError
+from ssl_ft.features import head_from_probe, padded_proba, probe_features
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
 from ssl_ft.finetune.steps import lr_at, train_mode
 from ssl_ft.finite import check_gradients, check_loss
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
-from ssl_ft.pretrain.evaluate import padded_proba
-from ssl_ft.probe import fit_probe, head_from_probe
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
@@ -101,8 +100,10 @@ class FusionNet(nn.Module):
 def _probe(blocks: dict[str, list[np.ndarray]], labels: dict[str, np.ndarray], info
            ) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:
     x = {s: np.concatenate(blocks[s], 1) for s in SPLITS}
-    clf, c, _ = fit_probe(x["train"], labels["train"], x["val"], labels["val"], task=info.task,
-                          num_classes=info.num_classes, c_grid=C_GRID)
+    # the blocks are normalised per model already (block_normalize): no second z-scoring
+    fit = probe_features({s: x[s] for s in ("train", "val")}, labels, task=info.task,
+                         num_classes=info.num_classes, c_grid=C_GRID, standardize=False)
+    clf, c = fit["classifier"], fit["C"]
     probs = {s: padded_proba(clf, x[s], info.num_classes) for s in ("val", "test")}
     res = {s: classification_metrics(labels[s], probs[s], info.task, list(info.label_names))
            for s in ("val", "test")}

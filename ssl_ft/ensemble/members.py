@@ -29,10 +29,10 @@ from ssl_ft.checkpoint._files import atomic_write, stale_temp_files
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.features import extract_features
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
-from ssl_ft.pretrain.evaluate import extract_features
 
 __all__ = ["DEFAULT_DEPTH", "Member", "block_normalize", "cache_dir", "file_sha256", "peek_meta",
            "load_members", "member_features"]

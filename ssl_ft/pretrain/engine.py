@@ -37,12 +37,13 @@ from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, subsample
 from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.features import extract_features
 from ssl_ft.finite import check_gradients, check_loss, check_state, warn_if_diverging
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.data import PretrainData, WeightedEpochSampler, load_pretrain_data
-from ssl_ft.pretrain.evaluate import extract_features, probe
+from ssl_ft.pretrain.evaluate import probe
 from ssl_ft.pretrain.summary import best_epoch, run_summary
 from ssl_ft.resume import (
     PRETRAIN_MAY_CHANGE,
