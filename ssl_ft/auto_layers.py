@@ -214,8 +214,11 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig,
             run = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
                                       out=c["folder"])
             finetune(run, resume=True, progress=False, stop_after=rung)
-            c["race"] = [json.loads(line)["val_auc"]
-                         for line in (Path(c["folder"]) / "metrics.jsonl").read_text().split()]
+            rows = [json.loads(line)
+                    for line in (Path(c["folder"]) / "metrics.jsonl").read_text().split()]
+            # lp-ft's epoch-0 probe row is not a trained epoch (lp has only that row)
+            c["race"] = [r["val_auc"] for r in
+                         ([r for r in rows if r.get("phase") != "probe"] or rows)]
             print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
                   f"{max(c['race']):.4f}", file=sys.stderr)
         alive.sort(key=lambda c: -max(c["race"]))

@@ -243,7 +243,7 @@ def finetune_epochs(data: str, data_root: str | None, out: str, *, epochs: int =
 
     out_dict: dict[str, Callable[[], float]] = {}
     for layers, strategy in [("0-100", "ft"), ("25-100", "ft"), ("50-100", "ft"),
-                             ("75-100", "ft"), ("0-100", "lp")]:
+                             ("75-100", "ft"), ("50-100", "lp-ft")]:
         for cache in ("off", "auto"):
             if layers == "0-100" and strategy == "ft" and cache == "auto":
                 continue  # nothing frozen: nothing to cache

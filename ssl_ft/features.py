@@ -186,8 +186,9 @@ def fit_linear_head(backbone: nn.Module, head: nn.Linear, splits: Any, *,
     :class:`~ssl_ft.data.ArraySplits`, its test split never read). The backbone runs in eval
     mode without autograd, so neither its weights nor its BatchNorm statistics change.
 
-    Returns what was done: ``C``, the grid, ``n_features``, ``n_train``, ``converged``, the
-    probe's ``val`` AUC/ACC, and the seconds of feature extraction, of the fit and in all."""
+    Returns what was done: ``method``, ``C``, the grid, ``n_features``, ``n_train``,
+    ``converged``, the probe's ``val`` AUC/ACC, and the seconds of feature extraction
+    (``extract_seconds``), of the fits (``fit_seconds``) and in all (``seconds``)."""
     info = splits.info
     t0 = time.perf_counter()
     feats = {s: extract_features(backbone, splits.images[s], max_value=info.max_value,
@@ -198,7 +199,9 @@ def fit_linear_head(backbone: nn.Module, head: nn.Linear, splits: Any, *,
                          num_classes=info.num_classes, c_grid=c_grid)
     head_from_probe(head, res["classifier"], info.num_classes, res["scaler"])
     t2 = time.perf_counter()
-    return {"C": res["C"], "c_grid": [float(c) for c in c_grid],
+    return {"method": "L-BFGS logistic regression (scikit-learn, max_iter 2000) on z-scored "
+                      "frozen features, C by val AUC", "C": res["C"],
+            "c_grid": [float(c) for c in c_grid],
             "n_features": int(feats["train"].shape[1]), "n_train": int(len(feats["train"])),
             "converged": res["converged"],
             "val": {"auc": res["val"]["auc"], "acc": res["val"]["acc"]},

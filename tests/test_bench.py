@@ -41,7 +41,7 @@ def test_bench_tool_runs_every_contender(data_root, tmp_path):
             "lightly loop, 2 workers"} <= set(rows)
     assert any(k.startswith("ssl_ft (") for k in rows)
     assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
-    assert {"ft 0-100 cache off", "ft 75-100 cache on", "lp 0-100 cache on"} <= set(
+    assert {"ft 0-100 cache off", "ft 75-100 cache on", "lp-ft 50-100 cache on"} <= set(
         report["finetune"])
     assert report["probe_vs_forward"]["forward_s"] > 0
     assert "x ssl_ft (" in res.stdout and "100-epoch linear head" in res.stdout

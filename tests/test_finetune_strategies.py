@@ -44,26 +44,37 @@ def test_ft_trains_the_selection_in_every_epoch():
     assert n == sum(p.numel() for i in (3, 4) for _, p in bb.unit_parameters(bb.units[i]))
 
 
-def test_lp_trains_only_the_head():
+def test_lp_trains_only_the_head_and_takes_no_sgd_epoch():
     s = _strategy("lp", selected=[])
     assert all(s.trained_units(e) == [] for e in range(6))
+    assert s.fits_probe and s.train_epochs() == 0  # the converged probe is the whole run
     (group,) = s.param_groups(0.0)
     assert group["params"] == list(s.model.head.parameters())
 
 
-def test_lp_ft_phases():
-    s = _strategy("lp-ft", selected=[5, 6, 7, 8], epochs=6, lp_epochs=2, lp_lr_scale=10.0)
-    assert [s.trained_units(e) for e in range(6)] == [[]] * 2 + [[5, 6, 7, 8]] * 4
-    assert s.phases() == [(0, 2), (2, 6)]
-    opt = torch.optim.SGD(s.param_groups(0.0), lr=1.0)
-    s.on_epoch_start(0, opt, lambda: None)
-    assert {g["name"]: g["lr_scale"] for g in opt.param_groups} == {"backbone": 1.0,
-                                                                   "head": 10.0}
-    s.on_epoch_start(2, opt, lambda: None)
-    assert {g["name"]: g["lr_scale"] for g in opt.param_groups}["head"] == 1.0
-    assert _strategy("lp-ft", epochs=10).lp_epochs == 5
-    with pytest.raises(UserError, match="lp_epochs 6"):
-        _strategy("lp-ft", epochs=6, lp_epochs=6)
+def test_lp_ft_fine_tunes_every_epoch_at_the_scaled_rate():
+    s = _strategy("lp-ft", selected=[5, 6, 7, 8], epochs=6, ft_lr_scale=0.25)
+    ft = _strategy("ft", selected=[5, 6, 7, 8], epochs=6, model=s.model)
+    # phase 1 is the probe (before any epoch); phase 2 is ft's whole budget
+    assert s.fits_probe and not ft.fits_probe
+    assert s.train_epochs() == ft.train_epochs() == 6
+    assert [s.trained_units(e) for e in range(6)] == [ft.trained_units(e) for e in range(6)]
+    assert s.phases() == ft.phases() == [(0, 6)]
+    groups = s.param_groups(0.0)
+    assert {g["name"]: g["lr_scale"] for g in groups} == {"backbone": 0.25, "head": 0.25}
+    same = [[id(p) for p in g["params"]] for g in groups]
+    assert same == [[id(p) for p in g["params"]] for g in ft.param_groups(0.0)]
+    assert _strategy("lp-ft").config.ft_lr_scale == 0.1
+    assert s.keeps_bn_statistics() and not ft.keeps_bn_statistics()
+    assert not _strategy("lp-ft", bn="batch").keeps_bn_statistics()
+    with pytest.raises(UserError, match="'running'"):
+        _strategy("lp-ft", bn="running")
+    with pytest.raises(UserError, match="ft_lr_scale must be > 0, got 0.0"):
+        _strategy("lp-ft", ft_lr_scale=0.0)
+    with pytest.raises(UserError, match=r"c_grid .* got \[\]"):
+        _strategy("lp", selected=[], c_grid=[])
+    with pytest.raises(UserError, match="-1.0"):
+        _strategy("lp-ft", c_grid=[1.0, -1.0])
 
 
 def test_gradual_unfreezing_schedules():

@@ -28,7 +28,7 @@ def test_cacheable_prefix_is_the_units_frozen_in_every_epoch(data_root, tmp_path
     assert cacheable_prefix(p.model, p.strategy, 4, augment="none", freeze_bn=False) == 0
 
 
-@pytest.mark.parametrize("layers,strategy", [("75-100", "ft"), ("0-100", "lp"),
+@pytest.mark.parametrize("layers,strategy", [("75-100", "ft"), ("50-100", "lp-ft"),
                                              ("50-100", "gradual-fl")])
 def test_a_run_with_the_cache_equals_one_without(data_root, tmp_path, capfd, layers, strategy):
     models = {}

@@ -1,6 +1,8 @@
 """Resume equality for every registered fine-tuning strategy: a run killed after its first
-epoch and resumed ends bit for bit where the uninterrupted run ends (weights, optimiser state,
-strategy state, per-epoch history and test metrics).
+checkpoint and resumed ends bit for bit where the uninterrupted run ends (weights, optimiser
+state, strategy state, per-epoch history and test metrics). The first checkpoint is epoch 1's,
+or for ``lp`` and ``lp-ft`` the one written right after the probe phase (epoch 0); ``lp-ft`` is
+also killed after epoch 1. A resumed ``lp``/``lp-ft`` run must load its probed head, never refit.
 
 Parametrised over the strategy registry, so a new strategy is covered the day it registers.
 """
@@ -15,11 +17,11 @@ import torch
 
 import ssl_ft.finetune.engine as engine
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
-from ssl_ft.finetune import STRATEGIES, FinetuneConfig, finetune
+from ssl_ft.finetune import STRATEGIES, FinetuneConfig, finetune, get_strategy
 from ssl_ft.models import create_backbone
 
 # a strategy that needs arguments to be interesting over 3 epochs
-ARGS = {"lp-ft": {"lp_epochs": 1}, "l1-sp": {"alpha": 0.01}, "l2-sp": {"alpha": 1.0},
+ARGS = {"l1-sp": {"alpha": 0.01}, "l2-sp": {"alpha": 1.0},
         "auto-rgn": {"measure_batches": 1}}
 
 
@@ -42,30 +44,50 @@ def _cfg(data_root, ckpt, out, strategy) -> FinetuneConfig:
                           seed=1, out=str(out), threads=1, device="cpu")
 
 
+def _untimed(row: dict | None) -> dict | None:
+    """``row`` without its wall-clock entries (speeds and seconds differ between two runs)."""
+    if row is None:
+        return None
+    return {k: v for k, v in row.items() if k != "images_per_s" and not k.endswith("seconds")}
+
+
 def _history(out: Path) -> list[dict]:
     rows = json.loads((out / "metrics.json").read_text())["history"]
-    return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]
+    return [_untimed(r) for r in rows]
 
 
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy,kill_after", [(s, 1) for s in sorted(STRATEGIES)] +
+                         [("lp-ft", 2)])
 def test_killed_and_resumed_run_equals_the_uninterrupted_one(data_root, tmp_path, ckpt,
-                                                              monkeypatch, strategy):
+                                                              monkeypatch, strategy, kill_after):
     finetune(_cfg(data_root, ckpt, tmp_path / "a", strategy), progress=False)
-    real = engine._end_of_epoch
+    real, saved = engine.save_last, []
 
-    def killed_after_first(*args, **kwargs):
+    def killed(*args, **kwargs):
         real(*args, **kwargs)
-        raise KeyboardInterrupt  # as if the process died right after epoch 1 was saved
+        saved.append(1)
+        if len(saved) == kill_after:
+            raise KeyboardInterrupt  # as if the process died right after that checkpoint
 
-    monkeypatch.setattr(engine, "_end_of_epoch", killed_after_first)
+    monkeypatch.setattr(engine, "save_last", killed)
     with pytest.raises(KeyboardInterrupt):
         finetune(_cfg(data_root, ckpt, tmp_path / "b", strategy), progress=False)
-    monkeypatch.setattr(engine, "_end_of_epoch", real)
-    assert load_checkpoint(tmp_path / "b" / "last.pt").meta["epoch"] == 1
+    monkeypatch.setattr(engine, "save_last", real)
+    probes = get_strategy(strategy).fits_probe
+    first = kill_after - 1 if probes else kill_after   # the probe's checkpoint is epoch 0
+    assert load_checkpoint(tmp_path / "b" / "last.pt").meta["epoch"] == first
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a resumed run fitted its probe again")
+
+    monkeypatch.setattr(engine, "fit_linear_head", refit)
     finetune(_cfg(data_root, ckpt, tmp_path / "b", strategy), resume=True, progress=False)
 
     a, b = (load_checkpoint(tmp_path / r / "last.pt") for r in ("a", "b"))
-    assert a.meta["epoch"] == b.meta["epoch"] == 3
+    end = 0 if strategy == "lp" else 3  # lp: the probe is the whole run
+    assert a.meta["epoch"] == b.meta["epoch"] == end
+    assert _untimed(a.extra["probe"]) == _untimed(b.extra["probe"])
+    assert (a.extra["probe"] is not None) == probes
     for key in a.backbone:
         assert torch.equal(a.backbone[key], b.backbone[key]), key
     for key in a.extra["head"]:

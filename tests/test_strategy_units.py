@@ -120,13 +120,10 @@ def test_gradual_schedules_on_worked_examples():
 
 def test_lp_ft_defaults_and_phase_names():
     s = _strategy("lp-ft", selected=[8], epochs=7)
-    assert s.lp_epochs == 3 and s.phases() == [(0, 3), (3, 7)]
-    assert [s.phase_name(e) for e in range(7)] == ["lp"] * 3 + ["ft"] * 4
-    assert _strategy("lp-ft", epochs=2).lp_epochs == 1
-    with pytest.raises(UserError, match="lp_epochs 0"):
-        _strategy("lp-ft", epochs=4, lp_epochs=0)
-    with pytest.raises(UserError, match="lp_epochs 1"):
-        _strategy("lp-ft", epochs=1)
+    assert s.phases() == [(0, 7)] and s.train_epochs() == 7
+    assert [s.phase_name(e) for e in range(7)] == ["ft"] * 7
+    assert s.config.c_grid == [0.001, 0.01, 0.1, 1.0, 10.0]
+    assert _strategy("lp-ft", epochs=1).train_epochs() == 1  # one epoch is a valid budget
 
 
 def test_base_strategy_groups_and_names():
@@ -192,7 +189,7 @@ def test_auto_rgn_small_weights_stale_scales_and_zero_gradients(pneumonia):
 def test_lp_ft_epoch_start_logs_nothing_and_register_returns_the_class():
     from ssl_ft.finetune.strategies.base import STRATEGIES, Strategy, register
 
-    s = _strategy("lp-ft", selected=[8], epochs=4, lp_epochs=2)
+    s = _strategy("lp-ft", selected=[8], epochs=4)
     opt = torch.optim.SGD(s.param_groups(0.0), lr=1.0)
     assert s.on_epoch_start(0, opt, lambda: None) == {}
 

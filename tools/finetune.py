@@ -43,7 +43,8 @@ FLAGS: dict[str, dict] = {
                          help="how units get depths (default: per architecture)"),
     "--strategy": dict(help="ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn "
                             "discriminative (default ft)"),
-    "--epochs": dict(type=int),
+    "--epochs": dict(type=int, help="epochs of optimiser steps (lp-ft: after its probe; lp: "
+                                    "none, the head is the converged probe)"),
     "--batch-size": dict(type=int),
     "--lr": dict(type=float),
     "--label-fraction": dict(type=float, metavar="F", help="share of the train labels used"),
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="finetune.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Other recipe keys as key=value, e.g. strategy_args.lp_epochs=3 optimizer=sgd "
+        epilog="Other recipe keys as key=value, e.g. strategy_args.ft_lr_scale=0.1 optimizer=sgd "
                "freeze_bn=false augment=flip. See docs/finetuning.md.")
     add_recipe_flags(parser, FLAGS)
     parser.add_argument("--resume", action="store_true",

@@ -4,6 +4,8 @@ The run folder (``out``) holds
 
 * ``metrics.json``: validation and test AUC/ACC (MedMNIST conventions) of the model with the
   best validation AUC, per-class metrics, confusion matrices, the selection and the recipe;
+  for ``lp`` and ``lp-ft`` also ``probe``: the linear probe fitted before any step (``C``,
+  ``n_features``, seconds; :func:`_probe_phase`);
 * ``model.pt``: that model (truncated backbone + head), see :func:`~ssl_ft.finetune.load_finetuned`;
 * ``last.pt``: model, optimiser and strategy state after the last finished epoch (``--resume``),
   ``best.pt``: the best model so far; both written atomically;
@@ -30,19 +32,15 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
+from ssl_ft.checkpoint import load_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.data.checks import check_learnable
 from ssl_ft.errors import UserError
+from ssl_ft.features import fit_linear_head
 from ssl_ft.finetune.config import FinetuneConfig
-from ssl_ft.finetune.model import (
-    FinetuneModel,
-    build_backbone,
-    load_finetuned,
-    predict_proba,
-    save_finetuned,
-)
+from ssl_ft.finetune.model import FinetuneModel, build_backbone, save_finetuned
+from ssl_ft.finetune.outputs import evaluate, finish, log_epoch, run_meta, save_last
 from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, prefix_bytes
 from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
@@ -54,7 +52,6 @@ from ssl_ft.finite import (
     warn_if_diverging,
 )
 from ssl_ft.leakage import guard_checkpoint
-from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
 from ssl_ft.resume import check_same_recipe, rewrite_jsonl
@@ -114,7 +111,11 @@ class Prepared:
                  f"strategy {self.cfg.strategy}: trains {n['backbone']:,} backbone + "
                  f"{n['head']:,} head = {n['total']:,} parameters "
                  f"({self.splits.info.num_classes} classes)"]
-        if self.cfg.strategy != "ft":
+        if self.strategy.fits_probe:
+            lines.append("head: first the converged logistic probe of the frozen features (C "
+                         f"from {self.strategy.config.c_grid} on val), then "
+                         f"{self.strategy.train_epochs()} epochs of optimiser steps")
+        if self.cfg.strategy != "ft" and self.strategy.train_epochs():
             per_epoch = [len(self.strategy.trained_units(e)) for e in range(self.cfg.epochs)]
             lines.append(f"trained units per epoch: {per_epoch}")
         return "\n".join(lines)
@@ -156,7 +157,7 @@ def _use_prefix_cache(p: Prepared, model: FinetuneModel, device: torch.device,
     """Compute the frozen prefix's train/val activations once (:mod:`.prefix_cache`) when
     they apply and fit; the model then starts from them. Returns whether it does."""
     cfg, info = p.cfg, p.splits.info
-    if cfg.prefix_cache == "off":
+    if cfg.prefix_cache == "off" or not p.strategy.train_epochs():
         return False
     k = cacheable_prefix(model, p.strategy, cfg.epochs, augment=cfg.augment,
                          freeze_bn=cfg.freeze_bn)
@@ -192,31 +193,6 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None
         if dist.is_main:  # wall/CPU time (chooser included) and the choice, in metrics.json
             record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0)
         return out
-
-
-def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
-             precision: str, inputs: torch.Tensor | None = None) -> dict[str, Any]:
-    """MedMNIST-convention metrics of ``model`` on one split (``inputs``: the split's cached
-    prefix activations, when the model starts from them)."""
-    info = splits.info
-    with autocast(device, precision):
-        probs = predict_proba(model, splits.images[split] if inputs is None else inputs,
-                              max_value=info.max_value if inputs is None else 1, device=device)
-    return classification_metrics(splits.labels[split], probs, info.task, info.label_names)
-
-
-def _meta(p: Prepared, epoch: int) -> dict[str, Any]:
-    info, cfg = p.splits.info, p.cfg
-    return {
-        "method": f"finetune:{cfg.strategy}", "source_method": p.source["method"],
-        "family": p.source["family"], "arch": p.source["arch"], "in_chans": info.n_channels,
-        "image_size": info.image_size, "stem": p.source["stem"],
-        "normalization": {"mean": p.source["mean"], "std": p.source["std"],
-                          "max_value": info.max_value},
-        "recipe": to_dict(cfg), "data": info.name, "data_fingerprint": info.fingerprint,
-        "epoch": epoch, "label_names": list(info.label_names), "task": info.task,
-        "layers": p.selection.layers_str, "truncate": float(p.selection.truncate),
-    }
 
 
 def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> None:
@@ -259,7 +235,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     phases = strategy.phases()
 
     start_epoch, step, history = 0, 0, []
-    best = {"auc": -1.0, "epoch": 0}
+    best: dict[str, Any] = {"auc": -1.0, "epoch": 0}
+    probe: dict[str, Any] | None = None
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         _check_resumable(ckpt.meta.get("recipe", {}), cfg, last)
@@ -270,6 +247,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
         best = dict(ckpt.extra["best"])
         history = [json.loads(h) for h in ckpt.extra.get("history", [])]
+        probe = ckpt.extra.get("probe")
     writer = None
     if dist.is_main:
         make_run_folder(out)
@@ -282,7 +260,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
               f"({len(x_all)} train images, {info.image_size}px): strategy {cfg.strategy}, "
               f"layers {p.selection.layers_str}, truncate {float(p.selection.truncate):g}, "
-              f"{n['total']:,} trainable parameters, {cfg.epochs} epochs x {steps} steps, "
+              f"{n['total']:,} trainable parameters, {strategy.train_epochs()} epochs x "
+              f"{steps} steps, "
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
     show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
@@ -290,7 +269,11 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
     ddp_units: list[int] | None = None
     net: nn.Module = model
-    stop = cfg.epochs if stop_after is None else min(stop_after, cfg.epochs)
+    if strategy.fits_probe and probe is None:  # a resumed run has its probe: no refit
+        probe, best = _probe_phase(p, out, best, history, optimizer, writer, device, precision,
+                                   dist)
+    end = strategy.train_epochs()
+    stop = end if stop_after is None else min(stop_after, end)
     for epoch in range(start_epoch, stop):
         seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
         sampler.set_epoch(epoch)
@@ -300,7 +283,10 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
             ddp_units = trained
-        train_mode(model, trained, cfg.freeze_bn)
+        if strategy.keeps_bn_statistics():  # lp-ft: phase 2 sees the features the probe saw
+            train_mode(model, [], freeze_bn=True)
+        else:
+            train_mode(model, trained, cfg.freeze_bn)
         measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank,
                                 scale, device, precision)
         stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
@@ -335,19 +321,20 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
         if dist.is_main:
             best = _end_of_epoch(p, out, stats, best, history, optimizer, step, writer,
-                                 device, precision)
+                                 device, precision, probe)
         if dist.enabled:
             torch.distributed.barrier()
     if writer is not None:
         writer.close()
-    if dist.is_main and stop == cfg.epochs:  # (a paused run is not finished)
-        _finish(p, out, best, history, device, precision)
+    if dist.is_main and stop == end:  # (a paused run is not finished)
+        finish(p, out, best, history, device, precision, probe, step)
     return out
 
 
 def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str, Any],
                   history: list[dict], optimizer: torch.optim.Optimizer, step: int, writer: Any,
-                  device: torch.device, precision: str) -> dict[str, Any]:
+                  device: torch.device, precision: str,
+                  probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
     model, epoch = p.model, stats["epoch"]
     val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
@@ -355,16 +342,41 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
     score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]  # a one-class val split
     if score > best["auc"]:
         best = {"auc": float(score), "epoch": epoch}
-        save_finetuned(out / "best.pt", model, _meta(p, epoch))
+        save_finetuned(out / "best.pt", model, run_meta(p, epoch))
     history.append(stats)
     chance = chance_loss(p.splits.info.num_classes)
     warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
-    _log_epoch(writer, out, stats, p.cfg.epochs)
-    save_checkpoint(out / "last.pt", model.backbone.state_dict(), _meta(p, epoch), extra={
-        "head": model.head.state_dict(), "optimizer": optimizer.state_dict(),
-        "strategy": p.strategy.state_dict(), "step": step, "best": best,
-        "history": [json.dumps(h) for h in history]})
+    log_epoch(writer, out, stats, p.cfg.epochs)
+    save_last(p, out, epoch, optimizer, step, best, history, probe)
     return best
+
+
+def _probe_phase(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
+                 optimizer: torch.optim.Optimizer, writer: Any, device: torch.device,
+                 precision: str, dist: Dist) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Phase 1 of ``lp`` / ``lp-ft`` (Kumar et al., ICLR 2022): the head becomes the converged
+    logistic probe of the frozen backbone's features (:func:`~ssl_ft.features.fit_linear_head`),
+    logged as epoch 0 and checkpointed before any optimiser step, so that a resumed run loads
+    this head instead of fitting it again. For ``lp`` (no epochs follow) it is the best model;
+    for ``lp-ft`` model selection is over the fine-tuning epochs only. Returns the probe's
+    record and the best so far."""
+    model = p.model
+    probe = fit_linear_head(model.backbone, model.head, p.splits, mean=p.source["mean"],
+                            std=p.source["std"], device=device, precision=precision,
+                            c_grid=p.strategy.config.c_grid)
+    if not dist.is_main:
+        return probe, best
+    val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
+    stats = {"epoch": 0, "phase": "probe", "C": probe["C"], "n_features": probe["n_features"],
+             "probe_seconds": probe["seconds"], "val_auc": val["auc"], "val_acc": val["acc"]}
+    if not p.strategy.train_epochs():
+        score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]
+        best = {"auc": float(score), "epoch": 0}
+        save_finetuned(out / "best.pt", model, run_meta(p, 0))
+    history.append(stats)
+    log_epoch(writer, out, stats, p.strategy.train_epochs())
+    save_last(p, out, 0, optimizer, 0, best, history, probe)
+    return probe, best
 
 
 def _optimizer(cfg: FinetuneConfig, strategy: Strategy) -> torch.optim.Optimizer:
@@ -374,41 +386,3 @@ def _optimizer(cfg: FinetuneConfig, strategy: Strategy) -> torch.optim.Optimizer
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.Adam(groups, lr=cfg.lr)
-
-
-def _log_epoch(writer: Any, out: Path, stats: dict[str, Any], epochs: int) -> None:
-    for key, value in stats.items():
-        if isinstance(value, int | float) and key != "epoch":
-            writer.add_scalar(f"epoch/{key}", value, stats["epoch"])
-    with (out / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(stats) + "\n")
-    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                      for k, v in stats.items() if k != "epoch")
-    print(f"epoch {stats['epoch']}/{epochs}  {shown}", file=sys.stderr)
-
-
-def _finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
-            device: torch.device, precision: str) -> None:
-    """Evaluate the best-validation model on val and test; write model.pt and metrics.json."""
-    model = load_finetuned(out / "best.pt", map_location=device)
-    results = {split: evaluate(model, p.splits, split, device, precision)
-               for split in ("val", "test")}
-    save_finetuned(out / "model.pt", model, model.meta)
-    cfg, n = p.cfg, p.trainable_params
-    metrics = {
-        "val": results["val"], "test": results["test"],
-        "layers": p.selection.layers_str, "truncate": float(p.selection.truncate),
-        "strategy": cfg.strategy, "trainable_params": n["total"],
-        "trainable_backbone_params": n["backbone"], "head_params": n["head"],
-        "seed": cfg.seed, "label_fraction": cfg.label_fraction,
-        "best_epoch": best["epoch"], "epochs": cfg.epochs,
-        "checkpoint": cfg.checkpoint, "source": p.source, "data": p.splits.info.name,
-        "n_train": len(p.splits.labels["train"]), "depth_unit": p.selection.depth_map.rule,
-        "units": [{"name": u.name, "depth": float(u.depth), "params": u.params, "status": s}
-                  for u, s in zip(p.selection.depth_map.units, p.selection.status, strict=True)],
-        "history": history, "recipe": to_dict(cfg), "leakage": p.leakage,
-    }
-    write_json(out / "metrics.json", metrics)
-    print(f"best epoch {best['epoch']}: val AUC {results['val']['auc']:.4f} ACC "
-          f"{results['val']['acc']:.4f}; test AUC {results['test']['auc']:.4f} ACC "
-          f"{results['test']['acc']:.4f}; wrote {out / 'metrics.json'}", file=sys.stderr)

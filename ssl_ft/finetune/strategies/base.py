@@ -7,7 +7,10 @@ A strategy decides, given the units the depth map selected (``--layers``/``--tru
 * the optimiser's parameter groups with a learning-rate multiplier each (``lr_scale``);
 * an extra loss term (:meth:`Strategy.penalty`), e.g. L2-SP's pull towards the pretrained weights;
 * work at the start of an epoch (:meth:`Strategy.on_epoch_start`), e.g. Auto-RGN's measurement;
-* the phases of the run: the cosine learning-rate schedule restarts at each phase (LP-FT).
+* whether the head starts as the converged linear probe of the frozen features
+  (``fits_probe``: ``lp``, ``lp-ft``) and how many epochs of optimiser steps follow
+  (:meth:`Strategy.train_epochs`; ``lp``: none);
+* the phases of the run: the cosine learning-rate schedule restarts at each phase.
 
 A new strategy is one small module with a subclass decorated by :func:`register`, plus a test.
 """
@@ -49,6 +52,9 @@ class Strategy:
     allow_empty_selection: ClassVar[bool] = False
     #: whether the optimiser's weight decay applies (SP strategies replace it by a penalty)
     uses_weight_decay: ClassVar[bool] = True
+    #: whether the head is first fitted as the converged logistic probe of the frozen features
+    #: (:func:`ssl_ft.features.fit_linear_head`, ``config.c_grid``) before any optimiser step
+    fits_probe: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, selected: list[int], epochs: int, config: Any) -> None:
         self.model = model
@@ -57,9 +63,18 @@ class Strategy:
         self.config = config
 
     # ---- which units train when --------------------------------------------------------------
+    def train_epochs(self) -> int:
+        """How many epochs of optimiser steps the run takes (``lp``: none, the probe is all)."""
+        return self.epochs
+
     def trained_units(self, epoch: int) -> list[int]:
         """Indices of the backbone units trained in ``epoch`` (0-based)."""
         return list(self.selected)
+
+    def keeps_bn_statistics(self) -> bool:
+        """Whether every unit, trained ones included, keeps its BatchNorm running statistics
+        (eval-mode normalisation) while training; by default only frozen units do."""
+        return False
 
     def phases(self) -> list[tuple[int, int]]:
         """``[(first_epoch, end_epoch), ...]``; the learning-rate schedule restarts at each."""
