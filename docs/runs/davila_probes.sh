@@ -43,6 +43,8 @@ PY
 
 # Two checks of the reading (resnet50, BreastMNIST, 3 seeds), against the study's 6-epoch cells:
 # LP-FT with its fine-tuning phase as long as ft's (6 LP + 6 FT epochs), and Auto-RGN at 10x lr.
+# (These ran before lp-ft became the converged probe + ft's full budget: strategy_args.lp_epochs
+# no longer exists; repeat them from commit f9c0bb3, or drop the lp_epochs argument for today's lp-ft.)
 ckpt=$(ls "$RUNS"/study/davila/cells/pretrain/simclr_resnet50_*/checkpoint.pt)
 for seed in 0 1 2; do
   for check in "lp-ft_12ep --strategy lp-ft --epochs 12 strategy_args.lp_epochs=6 --lr 1e-3" \
