@@ -28,11 +28,16 @@ def point_text(point: dict[str, Any]) -> str:
 
 
 def budget_columns(m: dict[str, Any]) -> dict[str, Any]:
-    """A fine-tuning run's learning rate, epochs and optimiser steps (one process: each epoch
-    takes ``n_train // min(batch_size, n_train)`` steps, the last partial batch dropped)."""
+    """A fine-tuning run's learning rate, epochs and optimiser steps: as ``metrics.json``
+    records them (``sgd_epochs``, ``optimizer_steps``; ``lp`` takes none, its head is the
+    converged probe), else computed (one process: each epoch takes
+    ``n_train // min(batch_size, n_train)`` steps, the last partial batch dropped)."""
     recipe = m.get("recipe", {})
-    epochs, n, batch = m.get("epochs"), m.get("n_train"), recipe.get("batch_size")
-    steps = epochs * (n // min(batch, n)) if epochs and n and batch else None
+    epochs, n, batch = m.get("sgd_epochs", m.get("epochs")), m.get("n_train"), \
+        recipe.get("batch_size")
+    steps = m.get("optimizer_steps")
+    if steps is None:
+        steps = epochs * (n // min(batch, n)) if epochs and n and batch else None
     return {"lr": recipe.get("lr"), "epochs": epochs, "steps": steps}
 
 
