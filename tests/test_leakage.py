@@ -14,7 +14,7 @@ from PIL import Image
 
 from ssl_ft.data import load_data
 from ssl_ft.errors import UserError
-from ssl_ft.leakage import VARIANTS, check_leakage, find_matches, image_codes
+from ssl_ft.leakage import DEFAULT_THRESHOLD, VARIANTS, check_leakage, find_matches, image_codes
 from ssl_ft.pretrain import load_pretrain_recipe, pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +154,42 @@ def test_pretraining_on_the_targets_own_train_split_passes(data_root, tmp_path):
     report = guard_checkpoint(str(out / "checkpoint.pt"), splits.images, target="breastmnist")
     assert report.checked and report.leaked == 0
     assert report.own_duplicates.get("test", 0) > 10  # the official split's own near-copies
+
+
+LC = "lc25000_lung_colon_histology_64"
+
+
+def test_rgb_codes_equal_the_codes_of_the_grey_a_pipeline_makes(data_root):
+    """The guard's grey is convert_channels' luma grey: an RGB image and the grey copy a loader
+    made of it have the same code (a plain channel mean put LC25000 images 31 levels apart)."""
+    from ssl_ft.data.convert import convert_channels
+
+    rgb = load_data(LC, data_root=data_root).images["val"][:200]
+    a, b = image_codes(rgb), image_codes(convert_channels(rgb, 1))
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2        # the grey's uint8 rounding
+    ua = torch.from_numpy(a.astype(np.float32)) - torch.from_numpy(a.astype(np.float32)).mean(-1, keepdim=True)
+    ub = torch.from_numpy(b.astype(np.float32)) - torch.from_numpy(b.astype(np.float32)).mean(-1, keepdim=True)
+    cos = 1 - torch.nn.functional.cosine_similarity(ua, ub, dim=-1)
+    assert float(cos.max()) < 0.1 * DEFAULT_THRESHOLD
+
+
+def test_a_pool_of_the_targets_own_train_split_passes_whatever_prepared_it(data_root):
+    """LC25000's augmented copies cross its splits. A pool of its train split (resized to 28 px,
+    then made grey, as load_pool does) against the target as a 28 px grey loader prepares it:
+    val image 374 lies within the threshold of the pool's copy of a train image and just outside
+    it of the loader's copy of the same train image (0.0099 / 0.0101, measured); it is the
+    target's own train image, so it is exempt, and nothing is counted."""
+    from ssl_ft.data.pool import load_pool
+
+    pool = load_pool(LC, data_root=data_root, size=28, channels=1, log=lambda m: None)
+    target = load_data(LC, data_root=data_root, size=28, channels=1)
+    v = image_codes(target.images["val"][374:375])
+    assert find_matches(pool.codes, v)[0]                      # the pool saw a copy of it
+    assert not find_matches(image_codes(target.images["train"]), v)[0]  # the loader's: just not
+    report = check_leakage(pool.codes, target.images, what="pool", target=LC)
+    assert report.leaked == 0 and report.own_duplicates["val"] >= 1
+    # a foreign image among what pretraining saw is still counted: the val image itself
+    seen = np.concatenate([pool.codes, v])
+    both = check_leakage(seen, {**target.images, "train": target.images["train"][:50]},
+                         what="pool", target=LC, allow=True)
+    assert both.seen["val"] >= 1
