@@ -118,6 +118,71 @@ def test_mutants_cover_the_operators_and_skip_non_code(mut):
     assert mut.mutants(SOURCE, "m.py") == found  # stable
 
 
+def test_ids_carry_no_line_numbers_and_survive_edits_elsewhere(mut):
+    found = mut.mutants(SOURCE, "m.py")
+    f_ids = [m.id for m in found if m.function == "f"]
+    # the k-th edit of a kind inside the function, in source order (outer node first)
+    assert f_ids == [
+        "m.py:f:and->or#0", "m.py:f:Lt->LtE#0", "m.py:f:drop Not#0", "m.py:f:return None#0",
+        "m.py:f:Add->Sub#0", "m.py:f:1->2#0", "m.py:f:0->1#0", "m.py:f:Add->Sub#1",
+        "m.py:f:drop statement#0", "m.py:f:Mult->Div#0", "m.py:f:drop statement#1",
+        "m.py:f:5->6#0", "m.py:f:return None#1"]
+    assert [m.line for m in found if m.function == "f"][:4] == [10, 10, 10, 11]
+    # lines added above and another function edited: the ids of f and K do not move
+    edited = SOURCE.replace("LIMIT = 3", "LIMIT = 3\n\n\nOTHER = 4").replace(
+        "return x - 1  # pragma: no mutate", "return x - 1 + 2 * x")
+    again = mut.mutants(edited, "m.py")
+    keep = [m.id for m in found if m.function != "skipped"]
+    assert [m.id for m in again if m.function != "skipped"] == keep
+    assert [m.line for m in again if m.function == "f"][:4] == [13, 13, 13, 14]
+    # the digest that keeps a result is the function's own source
+    d0, d1 = mut._function_digests(SOURCE), mut._function_digests(edited)
+    assert d0["f"] == d1["f"] and d0["K.method"] == d1["K.method"]
+    assert d0["skipped"] != d1["skipped"]
+    assert set(d0) == {"f", "skipped", "outer", "Base.__init__", "K.__init__", "K.method",
+                       "K.double", "K.stat", "deco", "decorated"}
+
+
+def test_each_mutant_runs_only_the_tests_that_execute_its_line(mut):
+    m = _one(mut, "f", "Mult->Div")  # total += a * b, line 13
+    by_line = {"mutpkg/m.py": {"13": ["t.py::b", "t.py::a"], "12": ["t.py::c"]}}
+    assert mut._tests_for(m, by_line, {"t.py::a": 0.5, "t.py::b": 2.0}) == ["t.py::a", "t.py::b"]
+    assert mut._tests_for(m, by_line, {"t.py::a": 3.0, "t.py::b": 2.0}) == ["t.py::b", "t.py::a"]
+    assert mut._tests_for(_one(mut, "f", "0->1"), by_line, {}) == ["t.py::c"]  # total = 0
+    assert mut._tests_for(_one(mut, "K.method", "Gt->GtE"), by_line, {}) == []
+    # an edit on a continuation line is found through its statement's first line
+    multi = "def g(a):\n    return max(a,\n               3)\n"
+    m3 = next(m for m in mut.mutants(multi, "g.py") if m.what == "3->4")
+    assert (m3.line, m3.stmt_line) == (3, 2)
+    assert mut._tests_for(m3, {"g.py": {"2": ["t.py::g"]}}, {}) == ["t.py::g"]
+
+
+def test_baseline_maps_lines_to_the_tests_that_run_them(tmp_path, monkeypatch, mut):
+    module = _module(tmp_path, monkeypatch, mut)
+    assert module.f(1, 2, c=1) == 2
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_m.py").write_text(textwrap.dedent('''
+        from mutpkg import m
+
+        def test_f():
+            assert m.f(1, 2, c=1) == 2
+
+        def test_stat():
+            assert m.K.stat(1)
+    '''))
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    monkeypatch.chdir(tmp_path)
+    seconds = mut._baseline(["mutpkg/m.py"], ["tests/test_m.py"], tmp_path / "cov.json")
+    import gc
+    gc.unfreeze()
+    assert list(seconds) == ["tests/test_m.py::test_f", "tests/test_m.py::test_stat"]
+    by_line = json.loads((tmp_path / "cov.json").read_text())["mutpkg/m.py"]
+    assert by_line["13"] == ["tests/test_m.py::test_f"]  # total += a * b
+    assert by_line["49"] == ["tests/test_m.py::test_stat"]  # return x == 1
+    assert "11" not in by_line  # return a + 1: not run
+
+
 def _module(tmp_path, monkeypatch, mut):
     (tmp_path / "mutpkg").mkdir()
     (tmp_path / "mutpkg" / "__init__.py").write_text("")

@@ -16,18 +16,20 @@ decorators and annotations are left alone; a line ending in ``# pragma: no mutat
 Why not mutmut: mutmut 3 (what pip installs here) first runs the whole configured test
 selection under its trampolines to learn which tests reach which function, copies the project
 into ``mutants/``, has no sampled mode, and cannot be told which few fast test files cover a
-module. This script instead imports the library and its dependencies (torch) once, forks one
-child per mutant, swaps the mutated function's code object into the live function (so every
-``from x import f`` sees it), and runs only the module's mapped test files with ``pytest -x``.
-A mutant costs about a second plus its tests; a line no mapped test executes is reported as a
-survivor without running.
+module. This script instead imports the library and its dependencies (torch) once, runs the
+module's mapped tests unmutated with one coverage context per test (which test runs which line),
+forks one child per mutant, swaps the mutated function's code object into the live function (so
+every ``from x import f`` sees it), and runs only the mapped tests that execute the mutated line,
+with ``pytest -x`` and a time limit (three times their unmutated time plus 20 s). A line no
+mapped test executes is reported as "not covered" without running.
 
-Results go to ``--out`` (default ``.mutation/``): one JSON line per mutant (``results.jsonl``)
-and ``report.md``. A rerun skips the mutants already there for the same source: killed ones
-always, the others only while the module's mapped tests are unchanged (so new tests are tried
-on the survivors). Mutants listed
-in ``tools/mutation_equivalent.txt`` (``id  reason``) are equivalent (no test can tell them
-apart) and leave the score: ``killed / (mutants - equivalent)``.
+A mutant's id is ``file:function:what#k``, the k-th edit ``what`` inside that function, with no
+line number: it survives edits elsewhere in the file. Results go to ``--out`` (default
+``.mutation/``): one JSON line per mutant (``results.jsonl``) and ``report.md``. A rerun skips
+the mutants already decided for the same source of their function: killed ones always, the
+others only while the module's mapped tests are unchanged (so new tests are tried on the
+survivors). Mutants listed in ``tools/mutation_equivalent.txt`` (``id  reason``) are equivalent
+(no test can tell them apart) and leave the score: ``killed / (mutants - equivalent)``.
 """
 
 from __future__ import annotations
@@ -86,7 +88,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "fusion": (["ssl_ft/ensemble/members.py"], ["tests/test_fusion_features.py"],
                ["block_normalize", "_per_model", "file_sha256", "_feature_key"]),
     "stats": (["ssl_ft/study/report.py"], ["tests/test_study_stats.py"],
-              ["summarize", "paired_differences", "tally", "p_text", "_equals", "paired_tests"]),
+              ["summarize", "paired_differences", "_refuse_duplicates", "tally", "p_text",
+               "_equals", "paired_tests"]),
 }
 
 _CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -99,7 +102,9 @@ _BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult
 
 @dataclass(frozen=True)
 class Mutant:
-    """One edit: ``id`` is ``file:function:line:col:what`` (stable while the code is)."""
+    """One edit. ``id`` is ``file:function:what#k``: the k-th edit ``what`` (counted from 0 in
+    source order) inside ``function`` (a qualname). It carries no line number, so it stays the
+    same when other functions of the file are edited, or lines are added above it."""
 
     id: str
     file: str
@@ -107,6 +112,7 @@ class Mutant:
     line: int
     what: str
     index: int  # position in the walk of the file, to find the node again
+    stmt_line: int = 0  # first line of the statement around the edit (what coverage records)
 
 
 def _targets(node: ast.AST):
@@ -152,10 +158,10 @@ def _apply(node: ast.AST, which, what: str) -> ast.AST:
 
 
 def _walk(tree: ast.Module, lines: list[str]):
-    """Yield (function qualname, node, parent, field, index-in-field) for every node inside a
-    function body, skipping docstrings, f-strings, decorators, arguments and annotations."""
+    """(function qualname, node, parent, field, index-in-field, statement line) for every node
+    inside a function body, skipping docstrings, f-strings, decorators, arguments and annotations."""
 
-    def visit(node, qual, parent, field, pos):
+    def visit(node, qual, parent, field, pos, stmt=None):
         if isinstance(node, ast.JoinedStr | ast.arg | ast.arguments):
             return
         if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(
@@ -165,14 +171,16 @@ def _walk(tree: ast.Module, lines: list[str]):
             node_fields = [("value", node.value)]
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             name = f"{qual}.{node.name}" if qual else node.name
-            for i, stmt in enumerate(node.body):
-                visit(stmt, name, node, "body", i)
+            for i, child in enumerate(node.body):
+                visit(child, name, node, "body", i)
             return
         else:
             node_fields = list(ast.iter_fields(node))
+        if isinstance(node, ast.stmt):
+            stmt = node
         if qual and getattr(node, "lineno", None) and not lines[node.lineno - 1].rstrip(
                 ).endswith("# pragma: no mutate"):
-            yield_list.append((qual, node, parent, field, pos))
+            yield_list.append((qual, node, parent, field, pos, stmt.lineno))
         for fname, value in node_fields:
             if fname in ("annotation", "returns", "decorator_list"):
                 continue
@@ -182,9 +190,9 @@ def _walk(tree: ast.Module, lines: list[str]):
                     if isinstance(child, ast.keyword) and child.arg == "strict":
                         continue
                     if isinstance(child, ast.AST):
-                        visit(child, qual, node, fname, i)
+                        visit(child, qual, node, fname, i, stmt)
             elif isinstance(value, ast.AST):
-                visit(value, qual, node, fname, None)
+                visit(value, qual, node, fname, None, stmt)
 
     yield_list: list = []
     for i, stmt in enumerate(tree.body):
@@ -196,13 +204,15 @@ def mutants(source: str, file: str, functions: list[str] | None = None) -> list[
     """Every mutant of ``source`` inside the functions (qualnames) given, or all functions."""
     tree = ast.parse(source)
     lines = source.splitlines()
-    out, index = [], 0
-    for qual, node, *_ in _walk(tree, lines):
+    out, index, seen = [], 0, {}
+    for qual, node, *_, stmt_line in _walk(tree, lines):
         for _which, what in _targets(node):
             top = qual.split(".<locals>")[0]
             if _in_function(tree, qual) and (functions is None or _selected(top, functions)):
-                out.append(Mutant(f"{file}:{qual}:{node.lineno}:{node.col_offset}:{what}", file,
-                                  qual, node.lineno, what, index))
+                k = seen.get((qual, what), 0)
+                seen[(qual, what)] = k + 1
+                out.append(Mutant(f"{file}:{qual}:{what}#{k}", file, qual, node.lineno, what,
+                                  index, stmt_line))
             index += 1
     return out
 
@@ -227,7 +237,7 @@ def mutated_tree(source: str, mutant: Mutant) -> ast.Module:
     """The module's AST with ``mutant`` applied."""
     tree = ast.parse(source)
     index = 0
-    for _qual, node, parent, field, pos in _walk(tree, source.splitlines()):
+    for _qual, node, parent, field, pos, _line in _walk(tree, source.splitlines()):
         for which, what in _targets(node):
             if index == mutant.index:
                 assert what == mutant.what, (what, mutant)
@@ -346,26 +356,45 @@ def _fork(target, timeout: float) -> tuple[str, float]:
     return outcome, time.monotonic() - t0
 
 
-def _baseline(files: list[str], tests: list[str], cov_out: Path) -> float:
+def _baseline(files: list[str], tests: list[str], cov_out: Path) -> dict[str, float]:
     """Run the tests unmutated, in this process (so that every import is warm for the forked
-    children), with line coverage of ``files``; returns their time."""
+    children), recording which test runs which lines of ``files`` (coverage contexts, one per
+    test) into ``cov_out`` as ``{file: {line: [test node ids]}}``; returns each test's time."""
     import coverage
     import pytest
 
-    t0 = time.monotonic()
     cov = coverage.Coverage(data_file=None, include=[str(REPO / f) for f in files])
+    timer = _PerTest(cov)
     cov.start()
-    code = pytest.main([*_pytest_args(tests), "--no-summary"], plugins=[_Quiet()])
+    code = pytest.main([*_pytest_args(tests), "--no-summary"], plugins=[_Quiet(), timer])
     cov.stop()
-    seconds = time.monotonic() - t0
     data = cov.get_data()
-    cov_out.write_text(json.dumps({f: sorted(data.lines(str(REPO / f)) or []) for f in files}))
+    by_line = {}
+    for f in files:
+        contexts = data.contexts_by_lineno(str(REPO / f)) if data.lines(str(REPO / f)) else {}
+        by_line[f] = {str(line): sorted(c for c in ctx if c) for line, ctx in contexts.items()}
+    cov_out.write_text(json.dumps(by_line))
     if code != 0:
         raise SystemExit(f"the tests {' '.join(tests)} do not pass unmutated (pytest exit "
                          f"{code}); run them with pytest first")
     gc.collect()
     gc.freeze()  # the children share this heap; their garbage collections skip it
-    return seconds
+    return timer.seconds
+
+
+class _PerTest:
+    """A pytest plugin that names the coverage context after the running test and times it."""
+
+    def __init__(self, cov):
+        self.cov, self.seconds = cov, {}
+
+    def pytest_runtest_protocol(self, item, nextitem):  # noqa: ARG002 (pytest's signature)
+        self.cov.switch_context(item.nodeid)
+        self._t0 = time.monotonic()
+
+    def pytest_runtest_logfinish(self, nodeid, location):  # noqa: ARG002
+        self.seconds[nodeid] = self.seconds.get(nodeid, 0.0) + time.monotonic() - self._t0
+        self.cov.switch_context("")
 
 
 class _Quiet:
@@ -378,6 +407,7 @@ class _Quiet:
 
 
 def _run_mutant(mutant: Mutant, source: str, tests: list[str], timeout: float) -> tuple[str, float]:
+    """Run ``tests`` (pytest node ids) against ``mutant`` in a forked child."""
     import importlib
 
     import pytest
@@ -401,9 +431,54 @@ def load_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
     return out
 
 
+def _function_digests(source: str) -> dict[str, str]:
+    """``{qualname: digest}`` of the source of each function reachable as a module attribute
+    (top-level functions and methods): a mutant's result is kept while its function is
+    unchanged, whatever else in the file is edited."""
+    tree, out = ast.parse(source), {}
+
+    def visit(body, prefix):
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, f"{prefix}{node.name}.")
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                text = ast.get_source_segment(source, node, padded=True) or ""
+                decorators = "".join(ast.unparse(d) for d in node.decorator_list)
+                out[prefix + node.name] = hashlib.sha256(
+                    (decorators + text).encode()).hexdigest()[:16]
+
+    visit(tree.body, "")
+    return out
+
+
+def _previous(results_file: Path, tests_digest: str) -> dict[tuple[str, str], dict]:
+    """The decided mutants of earlier runs, by (id, function digest): a killed mutant stays
+    killed when tests are added; a survivor is run again once the mapped tests change, an error
+    (the tool's, not the tests') always."""
+    done = {}
+    if results_file.is_file():
+        for line in results_file.read_text().splitlines():
+            r = json.loads(line)
+            if r["outcome"] in ("killed", "timeout") or (
+                    r.get("tests") == tests_digest and r["outcome"] != "error"):
+                done[(r["id"], r["digest"])] = r
+    return done
+
+
+def _tests_for(m: Mutant, by_line: dict[str, dict[str, list[str]]],
+               seconds: dict[str, float]) -> list[str]:
+    """The node ids of the tests that run the mutated line (or its statement's first line),
+    fastest first (with ``pytest -x`` the first failure ends the run)."""
+    lines = by_line.get(m.file, {})
+    found = {t for ln in {m.line, m.stmt_line} for t in lines.get(str(ln), [])}
+    return sorted(found, key=lambda t: (seconds.get(t, float("inf")), t))
+
+
 def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -> list[dict]:
     """Mutate one module of :data:`MODULES`; returns (and appends to results.jsonl) a record
-    per mutant: id, outcome (killed, timeout, survived, not covered, error), seconds."""
+    per mutant: id, outcome (killed, timeout, survived, not covered, error), seconds. Each
+    mutant runs only the mapped tests that execute its line (stopping at the first failure),
+    with a time limit of three times their unmutated time plus 20 s."""
     files, tests, functions = MODULES[name]
     for mod in {_module_name(f) for f in files}:
         __import__(mod)
@@ -411,46 +486,43 @@ def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -
         if not (REPO / t.split("::")[0]).is_file():
             raise SystemExit(f"module {name}: test file {t} does not exist")
     sources = {f: (REPO / f).read_text() for f in files}
-    digests = {f: hashlib.sha256(s.encode()).hexdigest()[:16] for f, s in sources.items()}
+    fdigests = {f: _function_digests(s) for f, s in sources.items()}
     todo = [m for f in files for m in mutants(sources[f], f, functions)]
     if sample is not None and sample < len(todo):
         todo = sorted(random.Random(f"{seed}:{name}").sample(todo, sample), key=lambda m: m.index)
     tests_digest = hashlib.sha256(b"".join(
         (REPO / t.split("::")[0]).read_bytes() for t in tests)).hexdigest()[:16]
     results_file = out / "results.jsonl"
-    done = {}
-    if results_file.is_file():
-        for line in results_file.read_text().splitlines():
-            r = json.loads(line)
-            # a killed mutant stays killed when tests are added; a survivor is run again
-            # once the mapped tests change, an error (the tool's, not the tests') always
-            if r["outcome"] in ("killed", "timeout") or (
-                    r.get("tests") == tests_digest and r["outcome"] != "error"):
-                done[(r["id"], r["digest"])] = r
-    records = [done[(m.id, digests[m.file])] for m in todo if (m.id, digests[m.file]) in done]
-    todo = [m for m in todo if (m.id, digests[m.file]) not in done]
+    done = _previous(results_file, tests_digest)
+
+    trees = {f: ast.parse(s) for f, s in sources.items()}
+    keys = {m.id: (m.id, fdigests[m.file][_outer(m.function, trees[m.file])]) for m in todo}
+    records = [done[keys[m.id]] for m in todo if keys[m.id] in done]
+    todo = [m for m in todo if keys[m.id] not in done]
     if not todo:
         return records
     cov_file = out / f"coverage-{name}.json"
-    base = _baseline(files, tests, cov_file)
-    covered = {f: set(v) for f, v in json.loads(cov_file.read_text()).items()}
-    timeout = max(30.0, 3 * base + 10)
-    log(f"{name}: {len(todo)} mutants to run; the tests take {base:.1f} s unmutated")
+    seconds_of = _baseline(files, tests, cov_file)
+    by_line = json.loads(cov_file.read_text())
+    log(f"{name}: {len(todo)} mutants to run; the tests take {sum(seconds_of.values()):.1f} s "
+        "unmutated")
     with results_file.open("a") as fh:
         for i, m in enumerate(todo, 1):
-            if m.line not in covered[m.file]:
+            selected = _tests_for(m, by_line, seconds_of)
+            if not selected:
                 outcome, seconds = "not covered", 0.0
             else:
-                outcome, seconds = _run_mutant(m, sources[m.file], tests, timeout)
-            rec = {"module": name, "id": m.id, "digest": digests[m.file], "tests": tests_digest,
-                   "line": m.line,
-                   "what": m.what, "outcome": outcome, "seconds": round(seconds, 2)}
+                limit = 3 * sum(seconds_of.get(t, 0.0) for t in selected) + 20
+                outcome, seconds = _run_mutant(m, sources[m.file], selected, limit)
+            rec = {"module": name, "id": m.id, "digest": keys[m.id][1], "tests": tests_digest,
+                   "line": m.line, "what": m.what, "outcome": outcome,
+                   "seconds": round(seconds, 2), "ran": len(selected),
+                   "code": sources[m.file].splitlines()[m.line - 1].strip()}
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             records.append(rec)
             if outcome not in ("killed", "timeout"):
-                log(f"  [{i}/{len(todo)}] {outcome}: {m.id}  | "
-                    f"{sources[m.file].splitlines()[m.line - 1].strip()}")
+                log(f"  [{i}/{len(todo)}] {outcome}: {m.id}  | {rec['code']}")
     return records
 
 
@@ -483,7 +555,9 @@ def report(by_module: dict[str, list[dict]], equivalent: dict[str, str], out: Pa
     survivors = [r for r in total if r["outcome"] not in ("killed", "timeout")
                  and r["id"] not in equivalent]
     if survivors:
-        lines += ["", "Survivors:", ""] + [f"* `{r['id']}` ({r['outcome']})" for r in survivors]
+        lines += ["", "Survivors:", ""] + [
+            f"* `{r['id']}` ({r['outcome']})" + (f": `{r['code']}`" if r.get("code") else "")
+            for r in survivors]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
