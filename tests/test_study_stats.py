@@ -169,3 +169,38 @@ def test_tally_boundaries():
     ])
     row = tally(tests).iloc[0].to_dict()
     assert (row["above"], row["below"], row["above_sig"], row["below_sig"]) == (1, 1, 0, 0)
+
+
+def test_a_repeated_index_pairs_by_keys_and_seed_not_by_label():
+    # pd.concat without ignore_index repeats the labels 0, 1: each group's rows used to select
+    # the other group's rows by label too (IndexError: indices are out-of-bounds)
+    ft = _rows({("ft", "a"): [0.80, 0.90]})
+    lp = _rows({("lp", "a"): [0.85, 0.70]})
+    df = pd.concat([ft, lp])
+    assert df.index.tolist() == [0, 1, 0, 1]
+    (row,) = paired_tests(df).to_dict("records")
+    assert row["strategy"] == "lp" and row["n"] == 2 and row["per_seed"] == [0.05, -0.2]
+    assert row["test_auc_diff"] == pytest.approx(-0.075)
+    assert row["p"] == pytest.approx(stats.ttest_rel([0.85, 0.70], [0.80, 0.90]).pvalue)
+    assert paired_tests(df).equals(paired_tests(_concat([ft, lp])))
+    # rows in another order and a shuffled, repeated index: the same pairs
+    mixed = pd.concat([lp.iloc[::-1], ft]).set_axis([5, 5, 5, 5])
+    assert paired_tests(mixed).to_dict("records")[0]["per_seed"] == [0.05, -0.2]
+
+
+def test_two_runs_with_the_same_keys_and_seed_are_refused_in_one_line():
+    from ssl_ft.errors import UserError
+
+    df = _rows({("ft", "a"): [0.80, 0.90, 0.7], ("lp", "a"): [0.85, 0.70]}, seeds=[0, 1, 1])
+    with pytest.raises(UserError) as err:
+        paired_tests(df)
+    assert str(err.value) == (
+        "2 runs share their keys and seed (first: data=a, arch=resnet18, label_fraction=1.0, "
+        "model=simclr, selection=0-100, strategy=ft, seed=1); they cannot be paired: group by "
+        "the key that tells them apart")
+    # grouping by fewer keys than the runs differ in: two strategies per (data, seed)
+    both = _rows({("ft", "a"): [0.8, 0.9], ("lp", "a"): [0.85, 0.7], ("ft", "b"): [0.6, 0.5]})
+    with pytest.raises(UserError, match=r"^4 runs share their keys and seed \(first: data=a, "
+                                        r"seed=0\)"):
+        paired_differences(both, ["data"], {"data": "b"})
+    assert len(paired_differences(both, ["data", "strategy"], {"data": "b"})) == 1

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ssl_ft.errors import UserError
 from ssl_ft.study.grid import Cell
 
 __all__ = ["auto_label", "auto_summary", "collect", "metrics_rows", "p_text", "paired_differences", "paired_tests",
@@ -116,9 +117,14 @@ def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any
                        metric: str = "test_auc") -> pd.DataFrame:
     """Each group of ``by`` against the group that has the ``reference`` values and equals it
     on the other keys, paired by seed: the per-seed differences (group - reference), their
-    mean and the two-sided paired t-test p-value."""
+    mean and the two-sided paired t-test p-value. Rows are paired by (keys, seed), whatever
+    ``df``'s index (e.g. frames concatenated without ``ignore_index``); two rows with the same
+    keys and seed are refused (:class:`UserError`): they cannot be paired, and which one to keep
+    is not ours to guess (add the key that tells them apart to ``by``)."""
     from scipy import stats
 
+    df = df.reset_index(drop=True)  # a repeated label would select the rows of other groups
+    _refuse_duplicates(df, [*by, "seed"])
     rest = [k for k in by if k not in reference]
     is_ref = pd.Series(np.logical_and.reduce([_equals(df[k], v) for k, v in reference.items()]),
                        index=df.index)
@@ -142,6 +148,15 @@ def paired_differences(df: pd.DataFrame, by: list[str], reference: dict[str, Any
                          "p": float(stats.ttest_rel(a, b).pvalue) if testable else float("nan"),
                          "per_seed": [round(float(d), 4) for d in a - b]})
     return pd.DataFrame(rows)
+
+
+def _refuse_duplicates(df: pd.DataFrame, keys: list[str]) -> None:
+    dup = df.duplicated(keys, keep=False)
+    if dup.any():
+        first = df[dup].iloc[0]
+        shown = ", ".join(f"{k}={first[k]}" for k in keys)
+        raise UserError(f"{int(dup.sum())} runs share their keys and seed (first: {shown}); "
+                        "they cannot be paired: group by the key that tells them apart")
 
 
 def tally(tests: pd.DataFrame, key: str = "strategy", alpha: float = 0.05) -> pd.DataFrame:
