@@ -318,6 +318,24 @@ def _overlap(a: tuple[int, int], b: tuple[int, int], ph: int, pw: int) -> bool:
     return abs(a[0] - b[0]) < ph and abs(a[1] - b[1]) < pw
 
 
+def _patch_pair(height: int, width: int, ph: int, pw: int,
+                generator: torch.Generator | None) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Two non-overlapping ``ph x pw`` patch corners, by rejection sampling: ``a`` is drawn again
+    while no patch fits beside it (e.g. in the middle of an image just over two patches wide),
+    then ``b`` while it overlaps ``a``."""
+
+    def corner() -> tuple[int, int]:
+        return _randint(0, height - ph, generator), _randint(0, width - pw, generator)
+
+    a = corner()
+    while not (a[0] >= ph or a[0] + 2 * ph <= height or a[1] >= pw or a[1] + 2 * pw <= width):
+        a = corner()
+    b = a
+    while _overlap(a, b, ph, pw):
+        b = corner()
+    return a, b
+
+
 def swap_patches(
     x: Tensor,
     *,
@@ -343,10 +361,7 @@ def swap_patches(
     mask = torch.zeros(n, 1, height, width, dtype=torch.bool, device=x.device)
     for i in range(n):
         for _ in range(num_swaps):
-            a = (_randint(0, height - ph, generator), _randint(0, width - pw, generator))
-            b = a
-            while _overlap(a, b, ph, pw):  # rejection sampling; fits by the check above
-                b = (_randint(0, height - ph, generator), _randint(0, width - pw, generator))
+            a, b = _patch_pair(height, width, ph, pw, generator)  # fits by the check above
             pa = out[i, :, a[0] : a[0] + ph, a[1] : a[1] + pw].clone()
             out[i, :, a[0] : a[0] + ph, a[1] : a[1] + pw] = out[i, :, b[0] : b[0] + ph,
                                                                 b[1] : b[1] + pw]
