@@ -151,7 +151,8 @@ def test_shuffle_windows_equals_the_reference(window, offset):
 
 @pytest.mark.parametrize(("window", "offset"), [((0, 2), (0, 0)), ((2, 0), (0, 0)),
                                                 ((2, 2), (2, 0)), ((2, 2), (0, 2)),
-                                                ((2, 2), (-1, 0)), ((2, 2), (0, -1))])
+                                                ((2, 2), (-1, 0)), ((2, 2), (0, -1)),
+                                                ((1, 3), (1, 0)), ((3, 1), (0, 1))])
 def test_shuffle_windows_refuses_bad_windows(window, offset):
     with pytest.raises(ValueError, match=r"^bad window"):
         C.shuffle_windows(_images(1, 1, 8, 8), window, offset)
@@ -172,7 +173,7 @@ def _ref_local_shuffle(x, seed, p, max_window):
 
 @pytest.mark.parametrize(("shape", "p", "max_window"), [
     ((5, 2, 9, 13), 1.0, 5), ((4, 1, 30, 44), 1.0, None), ((6, 1, 12, 6), 0.5, 8),
-    ((3, 1, 4, 50), 1.0, 6)])
+    ((3, 1, 4, 50), 1.0, 6), ((4, 1, 28, 28), 1.0, None)])
 def test_local_pixel_shuffle_equals_the_reference(shape, p, max_window):
     x = _images(*shape)
     for seed in (0, 1, 2):
@@ -183,6 +184,17 @@ def test_local_pixel_shuffle_equals_the_reference(shape, p, max_window):
 def test_local_pixel_shuffle_refuses_a_window_below_one():
     with pytest.raises(ValueError, match=r"^max_window must be >= 1, got 0$"):
         C.local_pixel_shuffle(_images(1, 1, 8, 8), max_window=0)
+    x = _images(3, 1, 8, 8)  # windows of one pixel: nothing moves
+    assert torch.equal(C.local_pixel_shuffle(x, max_window=1, generator=_gen(0)), x)
+
+
+def test_local_pixel_shuffle_default_window_is_a_tenth_of_the_shorter_side_at_least_2():
+    # 28 px: max(2, 2) = 2, so windows of 1 or 2 rows: every moved pixel stays within 1 row
+    x = torch.arange(8 * 28 * 28, dtype=torch.float64).view(8, 1, 28, 28)
+    out = C.local_pixel_shuffle(x, generator=_gen(0))
+    rows = torch.div(out - 28 * 28 * torch.arange(8).view(8, 1, 1, 1), 28, rounding_mode="floor")
+    moved = (rows - torch.arange(28).view(1, 1, 28, 1)).abs()
+    assert moved.max() == 1 and not torch.equal(out, x)
 
 
 def _ref_inpaint(x, seed, max_boxes, box_prob):
@@ -303,7 +315,8 @@ def _ref_swaps(x, seed, num_swaps, patch):
 
 @pytest.mark.parametrize(("shape", "num_swaps", "patch"), [
     ((3, 2, 12, 9), 6, (3, 2)), ((2, 1, 4, 10), 3, (3, 4)), ((2, 1, 10, 4), 3, (4, 3)),
-    ((1, 1, 6, 6), 1, (3, 3))])
+    ((1, 1, 6, 6), 1, (3, 3)), ((2, 1, 6, 9), 2, (3, 5)), ((2, 1, 9, 6), 2, (5, 3)),
+    ((2, 2, 4, 5), 4, (1, 2)), ((2, 1, 5, 4), 4, (2, 1))])
 def test_swap_patches_equal_the_reference(shape, num_swaps, patch):
     x = _images(*shape)
     for seed in (0, 1, 2):
@@ -342,3 +355,38 @@ def test_noises_equal_their_definitions():
     assert torch.equal(C.masking_noise(x, 0.3, generator=_gen(8)), x * keep)
     with pytest.raises(ValueError, match=r"expected images of shape \(N, C, H, W\), got \(6, 5\)"):
         C.masking_noise(x[0, 0], 0.3)
+
+
+def test_interp_is_numpy_interp_with_ties_taking_the_right_hand_value():
+    xs = torch.tensor([[0.0, 0.5, 0.5, 1.0, 1.0]], dtype=torch.float64)
+    ys = torch.tensor([[0.0, 0.2, 0.6, 0.7, 0.9]], dtype=torch.float64)
+    v = torch.tensor([[-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5]], dtype=torch.float64)
+    # below the first knot and above the last one the end values hold; at a repeated knot (a
+    # jump) the value right of it: 0.6 at 0.5, 0.9 at 1.0
+    assert C._interp(v, xs, ys)[0].tolist() == pytest.approx(
+        [0.0, 0.0, 0.1, 0.6, 0.65, 0.9, 0.9], abs=1e-12)
+    plain = torch.tensor([[0.0, 0.3, 1.0]], dtype=torch.float64)
+    yp = torch.tensor([[0.1, 0.4, 0.8]], dtype=torch.float64)
+    grid = torch.linspace(-0.2, 1.2, 15, dtype=torch.float64).unsqueeze(0)
+    assert C._interp(grid, plain, yp)[0].numpy() == pytest.approx(
+        np.interp(grid[0].numpy(), plain[0].numpy(), yp[0].numpy()), abs=1e-12)
+
+
+@pytest.mark.parametrize("fn", [
+    C.bezier_intensity, C.local_pixel_shuffle, C.genesis_inpaint, C.genesis_outpaint,
+    C.random_holes, C.swap_patches, lambda x: C.shuffle_windows(x, (2, 2)),
+    lambda x: C.gaussian_noise(x, 0.1), lambda x: C.masking_noise(x, 0.1)])
+def test_every_corruption_refuses_images_without_a_channel_axis(fn):
+    with pytest.raises(ValueError, match=r"^expected images of shape \(N, C, H, W\), got "
+                                         r"\(2, 8, 8\)$"):
+        fn(torch.rand(2, 8, 8))
+
+
+def test_random_holes_stop_after_1000_holes():
+    # one-pixel holes (0.001 of 40 px rounds to 0, at least 1): 1000 of them cover at most 1000
+    # of the 1600 pixels, so the 90 % is never reached and the loop ends at its cap
+    x = _images(1, 1, 40, 40)
+    out, mask = C.random_holes(x, fraction=0.9, size=(0.001, 0.001), generator=_gen(0))
+    want, want_mask = _ref_holes(x, 0, 0.9, (0.001, 0.001), None)
+    assert torch.equal(mask, want_mask) and torch.equal(out, want)
+    assert 500 < mask.sum() <= 1000

@@ -76,7 +76,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "strategies": ([f"ssl_ft/finetune/strategies/{n}.py" for n in
                     ("base", "ft", "lp", "lp_ft", "gradual", "sp", "l1_sp", "l2_sp", "auto_rgn",
                      "discriminative")],
-                   ["tests/test_finetune_strategies.py", "tests/test_strategy_units.py"], None),
+                   ["tests/test_finetune_strategies.py", "tests/test_strategy_units.py",
+                    "tests/test_strategy_exact.py"], None),
     "corruptions": (["ssl_ft/methods/corruptions.py"],
                     ["tests/test_corruptions_exact.py", "tests/test_corruptions_reference.py",
                      "tests/test_corruptions.py", "tests/test_genesis_rates.py"], None),
