@@ -263,6 +263,9 @@ def test_cli_lists_modules_and_rejects_bad_arguments():
     assert bad.returncode == 2 and "invalid choice: 'nosuch'" in bad.stderr
     zero = _cli("--sample", "0")
     assert zero.returncode == 2 and "--sample must be >= 1, got 0" in zero.stderr
+    shard = _cli("--shard", "2/2")
+    assert shard.returncode == 2 and "--shard must be K/N with 0 <= K < N, got '2/2'" in \
+        shard.stderr
 
 
 @pytest.mark.slow

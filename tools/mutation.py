@@ -475,7 +475,8 @@ def _tests_for(m: Mutant, by_line: dict[str, dict[str, list[str]]],
     return sorted(found, key=lambda t: (seconds.get(t, float("inf")), t))
 
 
-def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -> list[dict]:
+def run_module(name: str, out: Path, sample: int | None, seed: int, log=print,
+               shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Mutate one module of :data:`MODULES`; returns (and appends to results.jsonl) a record
     per mutant: id, outcome (killed, timeout, survived, not covered, error), seconds. Each
     mutant runs only the mapped tests that execute its line (stopping at the first failure),
@@ -491,6 +492,7 @@ def run_module(name: str, out: Path, sample: int | None, seed: int, log=print) -
     todo = [m for f in files for m in mutants(sources[f], f, functions)]
     if sample is not None and sample < len(todo):
         todo = sorted(random.Random(f"{seed}:{name}").sample(todo, sample), key=lambda m: m.index)
+    todo = todo[shard[0]::shard[1]]  # --shard K/N: every N-th mutant from the K-th
     tests_digest = hashlib.sha256(b"".join(
         (REPO / t.split("::")[0]).read_bytes() for t in tests)).hexdigest()[:16]
     results_file = out / "results.jsonl"
@@ -574,11 +576,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO / ".mutation"),
                         help="results folder (default .mutation/; reruns skip finished mutants)")
+    parser.add_argument("--shard", default="0/1", metavar="K/N",
+                        help="run only every N-th mutant from the K-th (0-based), e.g. two "
+                             "processes with 0/2 and 1/2 share a module; results merge")
     parser.add_argument("--list", action="store_true",
                         help="print each module's files, tests and mutant count, run nothing")
     args = parser.parse_args(argv)
     if args.sample is not None and args.sample < 1:
         parser.error(f"--sample must be >= 1, got {args.sample}")
+    try:
+        k, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
     names = args.module or list(MODULES)
     if args.list:
         for name in names:
@@ -592,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # forking after a multi-threaded OpenMP region can hang a child
     equivalent = load_equivalent()
-    by_module = {name: run_module(name, out, args.sample, args.seed) for name in names}
+    by_module = {name: run_module(name, out, args.sample, args.seed, shard=(k, n))
+                 for name in names}
     command = "python tools/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(report(by_module, equivalent, out, command.strip()))
     return 0
