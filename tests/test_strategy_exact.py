@@ -27,7 +27,7 @@ def _strategy(name, model, selected=range(9), epochs=6, **args):
 
 
 def test_gradual_steps_are_whole_epochs_counts(model):
-    # 9 units, 5 epochs: 5 // 2 = 2 steps by mid-run -> ceil(9 / 2) = 5 a step (not 9 / 2.5)
+    # 9 units, 5 epochs: 5 // 2 = 2 steps by mid-run -> ceil(9 / 2) = 5 a step
     s = _strategy("gradual-lf", model, epochs=5)
     assert s.per_step == 5
     assert [len(s.trained_units(e)) for e in range(5)] == [0, 5, 9, 9, 9]
