@@ -46,3 +46,18 @@ def test_a_wrapper_prefix_is_stripped_only_when_every_key_has_more_after_it():
     assert set(plain_backbone({"module._orig_mod.a": t})) == {"a"}
     kept = plain_backbone({"module.": t, "module.a": t})  # "" would not be a key
     assert set(kept) == {"module.", "module.a"}
+
+
+def test_library_versions_reads_installed_libraries_without_importing_them(monkeypatch):
+    import importlib.metadata
+    import sys
+
+    from ssl_ft.checkpoint import core
+
+    monkeypatch.delitem(sys.modules, "numpy")  # installed, not imported (as seen from here)
+    monkeypatch.setattr(core, "_LIBRARIES", ("numpy", "torch", "no_such_library_x"))
+    versions = core.library_versions()
+    assert versions == {"python": sys.version.split()[0],
+                        "numpy": importlib.metadata.version("numpy"),
+                        "torch": sys.modules["torch"].__version__}
+    assert "numpy" not in sys.modules  # found from the package metadata, not by importing it

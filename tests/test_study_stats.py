@@ -186,6 +186,9 @@ def test_a_repeated_index_pairs_by_keys_and_seed_not_by_label():
     # rows in another order and a shuffled, repeated index: the same pairs
     mixed = pd.concat([lp.iloc[::-1], ft]).set_axis([5, 5, 5, 5])
     assert paired_tests(mixed).to_dict("records")[0]["per_seed"] == [0.05, -0.2]
+    # indexed by seed, the column kept too (df.set_index("seed", drop=False)): the same pairs
+    by_seed = _concat([ft, lp]).set_index("seed", drop=False)
+    assert paired_tests(by_seed).to_dict("records")[0]["per_seed"] == [0.05, -0.2]
 
 
 def test_two_runs_with_the_same_keys_and_seed_are_refused_in_one_line():
