@@ -117,11 +117,23 @@ def _pytest_args(tests: list[str]) -> list[str]:
             "-o", "addopts=", "-m", "not slow", *[str(REPO / t) for t in tests]]
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when its parent dies (a stopped run leaves no mutant
+    running on; the parent enforces the time limit)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _fork(target, timeout: float) -> tuple[str, float]:
     """Run ``target()`` (returns an exit code) in a forked child; ``(outcome, seconds)``."""
     t0 = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child: quiet, run, leave without cleanup
+        _die_with_parent()
         try:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
