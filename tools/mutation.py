@@ -83,7 +83,8 @@ MODULES: dict[str, tuple[list[str], list[str], list[str] | None]] = {
     "checkpoint": (["ssl_ft/checkpoint/core.py", "ssl_ft/checkpoint/_files.py",
                     "ssl_ft/checkpoint/_plain.py", "ssl_ft/checkpoint/match.py"],
                    ["tests/test_checkpoint_exact.py", "tests/test_checkpoint_plain.py",
-                    "tests/test_checkpoint_load_exact.py", "tests/test_checkpoint.py"], None),
+                    "tests/test_checkpoint_load_exact.py", "tests/test_checkpoint_files.py",
+                    "tests/test_checkpoint.py"], None),
     "strategies": ([f"ssl_ft/finetune/strategies/{n}.py" for n in
                     ("base", "ft", "lp", "lp_ft", "gradual", "sp", "l1_sp", "l2_sp", "auto_rgn",
                      "discriminative")],

@@ -1,0 +1,144 @@
+"""ssl_ft.checkpoint._files on small files made by hand: atomic writes and their errors, stale
+temp files, the write log, file sniffing and the one-line read errors, each with its exact
+result (found by mutation testing)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssl_ft.checkpoint import _files as F
+from ssl_ft.errors import UserError
+
+
+def test_write_json_is_indented_with_a_final_newline(tmp_path):
+    out = F.write_json(tmp_path / "m.json", {"a": [1, 2], "b": None})
+    assert out == tmp_path / "m.json"
+    assert out.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": null\n}\n'
+
+
+def test_atomic_write_errors_are_one_line_and_leave_nothing(tmp_path):
+    with pytest.raises(UserError) as err:
+        F.atomic_write(tmp_path, lambda f: f.write(b"x"))
+    assert str(err.value) == f"cannot write {tmp_path}: it is a directory"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UserError) as err:
+        F.atomic_write(blocker / "sub" / "a.pt", lambda f: f.write(b"x"))
+    assert str(err.value) == (f"cannot write {blocker / 'sub' / 'a.pt'}: cannot create "
+                              f"{blocker / 'sub'}: Not a directory")
+
+    def no_space(f):
+        f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(UserError) as err:
+        F.atomic_write(tmp_path / "b.pt", no_space)
+    assert str(err.value) == f"cannot write {tmp_path / 'b.pt'}: No space left on device"
+    with pytest.raises(KeyError):
+        F.atomic_write(tmp_path / "c.pt", lambda f: {}["missing"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temp file, no target
+
+
+def test_the_write_log_lists_every_target(tmp_path, monkeypatch):
+    log = tmp_path / "writes.log"
+    monkeypatch.setenv(F.WRITE_LOG_ENV, str(log))
+    monkeypatch.setenv(F.KILL_AT_WRITE_ENV, "not a number")  # ignored
+    F.atomic_write(tmp_path / "a", lambda f: f.write(b"1"))
+    F.write_json(tmp_path / "b.json", {})
+    assert log.read_text() == f"{tmp_path / 'a'}\n{tmp_path / 'b.json'}\n"
+    assert (tmp_path / "a").read_bytes() == b"1"
+
+
+def test_stale_temp_files_are_those_of_dead_writers_on_this_host(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    host = F._HOST
+    names = {
+        "dead": f".last.pt.tmp-{host}-{dead_pid}-0123abcd",
+        "alive": f".last.pt.tmp-{host}-{os.getpid()}-0123abcd",
+        "other_host": f".last.pt.tmp-otherhost-{dead_pid}-0123abcd",
+        "bad_suffix": f".last.pt.tmp-{host}-{dead_pid}-xyz",
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"")
+    assert F.stale_temp_files(tmp_path) == [tmp_path / names["dead"]]
+    assert F._pid_alive(os.getpid()) and not F._pid_alive(dead_pid)
+
+
+def test_sniffing_files(tmp_path):
+    st = tmp_path / "w.bin"
+    header = b'{"a":1}'
+    st.write_bytes(len(header).to_bytes(8, "little") + header)
+    assert F.is_safetensors(st)
+    st.write_bytes((len(header) + 1).to_bytes(8, "little") + header)  # header longer than file
+    assert not F.is_safetensors(st)
+    st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00{")  # 9 bytes: header of 1, fits
+    assert F.is_safetensors(st)
+    st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00")  # 8 bytes: too short
+    assert not F.is_safetensors(st)
+    st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00[")
+    assert not F.is_safetensors(st)
+    assert F.is_safetensors(tmp_path / "missing.safetensors")  # by its name
+    assert F._head(tmp_path / "missing.bin") == b""
+    assert F._head(st, 3) == b"\x01\x00\x00"
+
+
+def test_check_file_messages(tmp_path):
+    with pytest.raises(UserError) as err:
+        F.check_file(tmp_path / "nope.pt")
+    assert str(err.value) == f"checkpoint file not found: {tmp_path / 'nope.pt'}"
+    with pytest.raises(UserError) as err:
+        F.check_file(tmp_path)
+    assert str(err.value) == f"checkpoint path is a directory, not a file: {tmp_path}"
+    (tmp_path / "a.pt").write_bytes(b"x")
+    assert F.check_file(str(tmp_path / "a.pt")) == tmp_path / "a.pt"
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "the file is empty"),
+    (b"plain text, not a checkpoint" * 4, "not a PyTorch or safetensors file"),
+    (b"\x80\x02", "the file is truncated"),
+])
+def test_read_errors_give_the_reason(tmp_path, content, reason):
+    p = tmp_path / "bad.pt"
+    p.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        F.load_torch(p)
+    assert str(err.value) == f"cannot read checkpoint {p}: {reason}"
+
+
+def test_a_truncated_zip_and_a_pickled_object_are_named(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.arange(1000.0)}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(UserError) as err:
+        F.load_torch(cut)
+    assert str(err.value) == (f"cannot read checkpoint {cut}: the file is truncated or "
+                              "corrupted (its zip archive has no central directory)")
+    pickled = tmp_path / "obj.pt"
+    torch.save(torch.nn.Identity(), pickled)
+    with pytest.raises(UserError) as err:
+        F.load_torch(pickled)
+    assert str(err.value) == (
+        f"cannot read checkpoint {pickled}: it stores Python objects "
+        "(torch.nn.modules.linear.Identity) that torch.load(weights_only=True) refuses to "
+        "unpickle; save plain state dicts (module.state_dict()) instead")
+
+
+def test_reason_shortens_long_messages_to_their_first_sentence(tmp_path):
+    p = tmp_path / "x.pt"
+    p.write_bytes(b"PK\x05\x06 not really a zip")
+    assert F._reason(p, ValueError("First sentence. Second one.")) == "ValueError: First sentence."
+    assert F._reason(p, ValueError("\x1b[31mred\x1b[0m\nmore")) == "ValueError: red"
+    assert F._reason(p, ValueError("x" * 200)) == "ValueError: " + "x" * 157 + "..."
+    assert F._reason(p, ValueError("x" * 160)) == "ValueError: " + "x" * 160
+    assert F._reason(p, ValueError("")) == "ValueError"
+    assert F._reason(p, OSError(13, "Permission denied")) == "Permission denied"
+    assert F._os_reason(OSError()) == "OSError"
