@@ -68,7 +68,44 @@ def test_stale_temp_files_are_those_of_dead_writers_on_this_host(tmp_path):
     for name in names.values():
         (tmp_path / name).write_bytes(b"")
     assert F.stale_temp_files(tmp_path) == [tmp_path / names["dead"]]
-    assert F._pid_alive(os.getpid()) and not F._pid_alive(dead_pid)
+    assert F._pid_alive(os.getpid()) is True and F._pid_alive(dead_pid) is False
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    def denied(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(F.os, "kill", denied)
+    assert F._pid_alive(12345) is True
+
+
+def test_kill_at_write_fires_inside_the_nth_write_before_the_rename(tmp_path, monkeypatch):
+    fired = []
+
+    def fake_kill(pid, sig):  # record instead of dying
+        fired.append((pid, sig, sorted(p.name for p in tmp_path.iterdir())))
+
+    monkeypatch.setattr(F, "_writes", 0)
+    monkeypatch.setattr(F.os, "kill", fake_kill)
+    monkeypatch.setenv(F.KILL_AT_WRITE_ENV, "3")
+    for i in range(4):
+        F.atomic_write(tmp_path / f"w{i}", lambda f: f.write(b"x"))
+    assert len(fired) == 1
+    pid, sig, files = fired[0]
+    import signal
+
+    assert pid == os.getpid() and sig == signal.SIGKILL
+    # during the third write: w0, w1 done, w2 only as its complete temp file
+    assert len(files) == 3 and files[1:] == ["w0", "w1"]
+    assert files[0].startswith(f".w2.tmp-{F._HOST}-{os.getpid()}-")
+    assert F._writes == 4
+
+
+def test_atomic_write_closes_what_it_opens(tmp_path):
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(5):
+        F.atomic_write(tmp_path / f"f{i}", lambda f: f.write(b"x"))
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 def test_sniffing_files(tmp_path):
@@ -85,8 +122,20 @@ def test_sniffing_files(tmp_path):
     st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00[")
     assert not F.is_safetensors(st)
     assert F.is_safetensors(tmp_path / "missing.safetensors")  # by its name
+    st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00{")
     assert F._head(tmp_path / "missing.bin") == b""
     assert F._head(st, 3) == b"\x01\x00\x00"
+
+
+def test_a_file_that_vanishes_while_sniffed_is_not_safetensors(tmp_path, monkeypatch):
+    st = tmp_path / "w.bin"
+    st.write_bytes(b"\x01\x00\x00\x00\x00\x00\x00\x00{")
+
+    def gone(self, *args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(type(st), "stat", gone)
+    assert F.is_safetensors(st) is False
 
 
 def test_check_file_messages(tmp_path):
@@ -139,6 +188,7 @@ def test_reason_shortens_long_messages_to_their_first_sentence(tmp_path):
     assert F._reason(p, ValueError("\x1b[31mred\x1b[0m\nmore")) == "ValueError: red"
     assert F._reason(p, ValueError("x" * 200)) == "ValueError: " + "x" * 157 + "..."
     assert F._reason(p, ValueError("x" * 160)) == "ValueError: " + "x" * 160
+    assert F._reason(p, ValueError("x" * 161)) == "ValueError: " + "x" * 157 + "..."
     assert F._reason(p, ValueError("")) == "ValueError"
     assert F._reason(p, OSError(13, "Permission denied")) == "Permission denied"
     assert F._os_reason(OSError()) == "OSError"
