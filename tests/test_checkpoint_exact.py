@@ -61,3 +61,31 @@ def test_library_versions_reads_installed_libraries_without_importing_them(monke
                         "numpy": importlib.metadata.version("numpy"),
                         "torch": sys.modules["torch"].__version__}
     assert "numpy" not in sys.modules  # found from the package metadata, not by importing it
+
+
+def test_sequential_layout_keeps_keys_that_are_not_child_indices_as_unexpected():
+    import torch
+    from torch import nn
+
+    from ssl_ft.checkpoint import match_state_dict
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Linear(2, 1)
+
+    src = Net()
+    state = {f"{i}.{k}": v for i, m in enumerate((src.conv, src.bn))
+             for k, v in m.state_dict().items()}
+    extra = {"head.weight": torch.zeros(1), "7.weight": torch.zeros(1), "1": torch.zeros(1)}
+    matched, report = match_state_dict({**state, **extra}, Net(), ignore=("fc",))
+    assert report.child_map == {"0": "conv", "1": "bn"} and report.prefix == ""
+    assert report.unexpected == ["head.weight", "7.weight", "1"] and report.missing == []
+    assert sorted(matched) == sorted(f"{n}.{k}" for n, m in (("conv", src.conv), ("bn", src.bn))
+                                     for k in m.state_dict())
+
+
+def test_atomic_write_creates_missing_parent_folders(tmp_path):
+    target = tmp_path / "a" / "b" / "c.pt"
+    assert atomic_write(target, lambda f: f.write(b"x")) == target
+    assert target.read_bytes() == b"x"
