@@ -89,3 +89,16 @@ def test_atomic_write_creates_missing_parent_folders(tmp_path):
     target = tmp_path / "a" / "b" / "c.pt"
     assert atomic_write(target, lambda f: f.write(b"x")) == target
     assert target.read_bytes() == b"x"
+
+
+def test_atomic_write_flushes_before_it_fsyncs(tmp_path, monkeypatch):
+    sizes = []
+    real = os.fsync
+
+    def spy(fd):
+        sizes.append(os.fstat(fd).st_size)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    atomic_write(tmp_path / "d.pt", lambda f: f.write(b"data"))  # fits Python's write buffer
+    assert sizes[0] == 4  # the bytes reached the OS before the fsync that makes them durable
