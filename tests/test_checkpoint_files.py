@@ -71,6 +71,18 @@ def test_stale_temp_files_are_those_of_dead_writers_on_this_host(tmp_path):
     assert F._pid_alive(os.getpid()) is True and F._pid_alive(dead_pid) is False
 
 
+def test_asking_whether_a_process_lives_sends_it_no_signal():
+    import signal
+
+    got = []
+    old = signal.signal(signal.SIGHUP, lambda sig, frame: got.append(sig))
+    try:
+        assert F._pid_alive(os.getpid()) is True  # signal 0: a check, nothing delivered
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert got == []
+
+
 def test_a_process_of_another_user_counts_as_alive(monkeypatch):
     def denied(pid, sig):
         raise PermissionError(1, "Operation not permitted")
