@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from ssl_ft.checkpoint import MatchReport
 from ssl_ft.checkpoint._files import atomic_write
+from ssl_ft.errors import UserError
 
 
 def test_match_report_summary_is_exact():
@@ -77,10 +80,12 @@ def test_sequential_layout_keeps_keys_that_are_not_child_indices_as_unexpected()
     src = Net()
     state = {f"{i}.{k}": v for i, m in enumerate((src.conv, src.bn))
              for k, v in m.state_dict().items()}
-    extra = {"head.weight": torch.zeros(1), "7.weight": torch.zeros(1), "1": torch.zeros(1)}
+    extra = {"head.weight": torch.zeros(1), "7.weight": torch.zeros(1), "3.weight": torch.zeros(1),
+             "1": torch.zeros(1)}  # Net has 3 children: index 3 is past the last one
     matched, report = match_state_dict({**state, **extra}, Net(), ignore=("fc",))
     assert report.child_map == {"0": "conv", "1": "bn"} and report.prefix == ""
-    assert report.unexpected == ["head.weight", "7.weight", "1"] and report.missing == []
+    assert report.unexpected == ["head.weight", "7.weight", "3.weight", "1"]
+    assert report.missing == []
     assert sorted(matched) == sorted(f"{n}.{k}" for n, m in (("conv", src.conv), ("bn", src.bn))
                                      for k in m.state_dict())
 
@@ -102,3 +107,56 @@ def test_atomic_write_flushes_before_it_fsyncs(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", spy)
     atomic_write(tmp_path / "d.pt", lambda f: f.write(b"data"))  # fits Python's write buffer
     assert sizes[0] == 4  # the bytes reached the OS before the fsync that makes them durable
+
+
+def test_the_layout_that_fits_more_keys_wins_and_a_tie_goes_to_plain_names():
+    from torch import nn
+
+    from ssl_ft.checkpoint import match_state_dict
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    target = Net().state_dict()
+    # 3 keys fit by name, 2 by child index: names win, the index keys are unexpected
+    state = {k: target[k] for k in ("conv.weight", "conv.bias", "bn.weight")}
+    state |= {"1.running_mean": target["bn.running_mean"], "1.running_var": target["bn.running_var"]}
+    _, report = match_state_dict(state, Net(), ignore=("bn.bias", "bn.num_batches_tracked"))
+    assert report.child_map == {} and report.unexpected == ["1.running_mean", "1.running_var"]
+    # 2 and 2: a tie, still names
+    tie = {k: target[k] for k in ("conv.weight", "conv.bias")}
+    tie |= {"1.weight": target["bn.weight"], "1.bias": target["bn.bias"]}
+    with pytest.raises(UserError, match="only 2 of the model's 7 tensors"):
+        match_state_dict(tie, Net())
+    _, report = match_state_dict(tie, Net(), ignore=("bn.running_mean", "bn.running_var",
+                                                     "bn.num_batches_tracked"))
+    assert report.child_map == {} and report.unexpected == ["1.weight", "1.bias"]
+    # 2 by index, 1 by name: the index layout, whose plain-named keys still fit
+    more = {"conv.weight": target["conv.weight"], "0.bias": target["conv.bias"],
+            "1.weight": target["bn.weight"]}
+    matched, report = match_state_dict(more, Net(), ignore=("bn.running", "bn.num", "bn.bias"))
+    assert report.child_map == {"0": "conv", "1": "bn"} and report.unexpected == []
+    assert sorted(matched) == ["bn.weight", "conv.bias", "conv.weight"]
+
+
+def test_a_compiled_model_is_looked_through_by_its_class_name():
+    from torch import nn
+
+    from ssl_ft.checkpoint import match_state_dict
+
+    class OptimizedModule(nn.Module):  # what torch.compile returns, without compiling
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    state = nn.Linear(2, 1).state_dict()
+    matched, report = match_state_dict(state, OptimizedModule(nn.Linear(2, 1)))
+    assert sorted(matched) == ["_orig_mod.bias", "_orig_mod.weight"] and report.prefix == ""
+    # the message names the compiled model's architecture, not the wrapper
+    with pytest.raises(UserError) as err:
+        match_state_dict({"other": state["weight"]}, OptimizedModule(nn.Linear(2, 1)))
+    assert str(err.value) == (
+        "checkpoint does not fit the architecture (Linear): only 0 of the model's 2 tensors are "
+        "in it; the model expects e.g. '_orig_mod.weight', the checkpoint has e.g. 'other'")
