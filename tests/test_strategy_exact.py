@@ -36,3 +36,13 @@ def test_gradual_steps_are_whole_epochs_counts(model):
     assert s.per_step == 9
     assert [len(s.trained_units(e)) for e in range(10)] == [0] * 4 + [9] * 6
     assert s.trained_units(4) == list(range(9))
+
+
+def test_only_lp_ft_with_frozen_bn_keeps_the_batchnorm_statistics(model):
+    from ssl_ft.finetune.strategies import STRATEGIES
+
+    for name in STRATEGIES:
+        if name != "lp-ft":
+            assert _strategy(name, model).keeps_bn_statistics() is False, name
+    assert _strategy("lp-ft", model, bn="frozen").keeps_bn_statistics() is True
+    assert _strategy("lp-ft", model, bn="batch").keeps_bn_statistics() is False
