@@ -208,16 +208,25 @@ class _Quiet:
 
 
 def _run_mutant(mutant: Mutant, source: str, tests: list[str], timeout: float) -> tuple[str, float]:
-    """Run ``tests`` (pytest node ids) against ``mutant`` in a forked child."""
+    """Run ``tests`` (pytest node ids) against ``mutant`` in a forked child, with its own
+    ``--basetemp`` that is removed afterwards (the child leaves through ``os._exit``, so pytest
+    would keep its locked temp folder, and the checkpoints its tests wrote, for 3 days)."""
     import importlib
+    import shutil
+    import tempfile
 
     import pytest
 
+    basetemp = tempfile.mkdtemp(prefix="ssl_ft-mutant-")
+
     def target() -> int:
         install(mutant, source, importlib.import_module(_module_name(mutant.file)))
-        return pytest.main(_pytest_args(tests), plugins=[_Quiet()])
+        return pytest.main([*_pytest_args(tests), f"--basetemp={basetemp}"], plugins=[_Quiet()])
 
-    return _fork(target, timeout)
+    try:
+        return _fork(target, timeout)
+    finally:
+        shutil.rmtree(basetemp, ignore_errors=True)
 
 
 def load_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
