@@ -248,7 +248,10 @@ def _previous(results_file: Path, tests_digest: str) -> dict[tuple[str, str], di
     done = {}
     if results_file.is_file():
         for line in results_file.read_text().splitlines():
-            r = json.loads(line)
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short (a full disk, a killed run)
+                continue
             if r["outcome"] in ("killed", "timeout") or (
                     r.get("tests") == tests_digest and r["outcome"] != "error"):
                 done[(r["id"], r["digest"])] = r
