@@ -197,6 +197,9 @@ def test_reason_shortens_long_messages_to_their_first_sentence(tmp_path):
     p = tmp_path / "x.pt"
     p.write_bytes(b"PK\x05\x06 not really a zip")
     assert F._reason(p, ValueError("First sentence. Second one.")) == "ValueError: First sentence."
+    zip_head = p.with_name("z.pt")
+    zip_head.write_bytes(b"PK\x03\x04 a zip whose reader failed otherwise")
+    assert F._reason(zip_head, ValueError("bad CRC")) == "ValueError: bad CRC"
     assert F._reason(p, ValueError("\x1b[31mred\x1b[0m\nmore")) == "ValueError: red"
     assert F._reason(p, ValueError("x" * 200)) == "ValueError: " + "x" * 157 + "..."
     assert F._reason(p, ValueError("x" * 160)) == "ValueError: " + "x" * 160

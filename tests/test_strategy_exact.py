@@ -46,3 +46,15 @@ def test_only_lp_ft_with_frozen_bn_keeps_the_batchnorm_statistics(model):
             assert _strategy(name, model).keeps_bn_statistics() is False, name
     assert _strategy("lp-ft", model, bn="frozen").keeps_bn_statistics() is True
     assert _strategy("lp-ft", model, bn="batch").keeps_bn_statistics() is False
+
+
+def test_the_probe_c_grid_must_be_positive_numbers():
+    from ssl_ft.errors import UserError
+    from ssl_ft.finetune.strategies.lp import check_c_grid
+
+    check_c_grid([1e-3, 1.0])  # fine
+    for bad in ([], [0.0, 1.0], [1.0, -2.0]):
+        with pytest.raises(UserError) as err:
+            check_c_grid(bad)
+        assert str(err.value) == (f"strategy_args.c_grid must be a non-empty list of numbers > 0, "
+                                  f"got {bad!r}")
