@@ -160,3 +160,35 @@ def test_a_compiled_model_is_looked_through_by_its_class_name():
     assert str(err.value) == (
         "checkpoint does not fit the architecture (Linear): only 0 of the model's 2 tensors are "
         "in it; the model expects e.g. '_orig_mod.weight', the checkpoint has e.g. 'other'")
+
+
+def test_match_thresholds_ties_and_wrappers_on_worked_examples():
+    import torch
+    from torch import nn
+
+    from ssl_ft.checkpoint import match_state_dict
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2)
+
+    target = Net().state_dict()  # 7 tensors
+    three = {k: target[k] for k in ("conv.weight", "conv.bias", "bn.weight")}
+    with pytest.raises(UserError, match="only 3 of the model's 7 tensors"):  # below half
+        match_state_dict(three, Net())
+    # prefixes that fit equally many keys: the shorter one wins
+    lin = nn.Linear(2, 1)
+    _, report = match_state_dict({"x.weight": lin.weight, "bias": lin.bias}, nn.Linear(2, 1))
+    assert report.prefix == "" and report.unexpected == ["x.weight"] and report.matched == 1
+    # nothing fits anywhere and everything is ignored: no child mapping is made up
+    _, report = match_state_dict({"0.foo": torch.zeros(1)}, Net(), ignore=("conv", "bn"))
+    assert report.child_map == {} and report.unexpected == ["0.foo"] and report.ignored == []
+
+    class Holder(nn.Module):  # not torch.compile's wrapper, though it holds an _orig_mod
+        def __init__(self):
+            super().__init__()
+            self._orig_mod = nn.Linear(2, 1)
+
+    with pytest.raises(UserError, match=r"architecture \(Holder\)"):
+        match_state_dict({"other": torch.zeros(1)}, Holder())
