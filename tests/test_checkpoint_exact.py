@@ -192,3 +192,8 @@ def test_match_thresholds_ties_and_wrappers_on_worked_examples():
 
     with pytest.raises(UserError, match=r"architecture \(Holder\)"):
         match_state_dict({"other": torch.zeros(1)}, Holder())
+
+
+def test_summary_lists_three_keys_in_full():
+    report = MatchReport("", [], ["a", "b", "c"], [], matched=1)
+    assert report.summary() == "matched 1/1 model tensors; 0 missing; 3 unexpected (a, b, c); 0 ignored"
