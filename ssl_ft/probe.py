@@ -88,15 +88,16 @@ def linear_probe(
                        channels=channels or meta.get("in_chans"))
     check_learnable(splits)
     info = splits.info
-    guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
-                     allow=allow_overlap,
-                     warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     torch.manual_seed(seed)
     backbone, source = build_backbone(str(checkpoint) if checkpoint else "none", info,
                                       arch=None if meta else arch, stem=stem)
     arch = source["arch"]
     check_input_size(backbone, info.image_size)
     DepthMap.from_backbone(backbone).select("0-100", truncate).apply(backbone)
+    # after the cheaper checks, so that a bad flag is the probe's one line of output
+    guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
+                     allow=allow_overlap,
+                     warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     norm = {"mean": source["mean"], "std": source["std"]}
     dev = torch.device(device)
     backbone.to(dev)
