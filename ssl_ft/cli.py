@@ -1,7 +1,8 @@
 """Shared plumbing for the scripts in ``tools/``: one-line errors and exit statuses.
 
 Exit status 0 on success; 2 with ``error: <one line>`` on bad input (:class:`UserError`, and
-argparse's own errors); 3 with ``error: <one line>`` when training or evaluation met a NaN or an
+bad flags: the tools' :class:`ArgumentParser` reports them in one line too, without argparse's
+usage block); 3 with ``error: <one line>`` when training or evaluation met a NaN or an
 infinity (:class:`~ssl_ft.finite.NonFiniteError`; nothing non-finite was written and the last
 checkpoint is the last good one); 130 when interrupted; 1 for a study with failed cells.
 """
@@ -11,19 +12,21 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 from ssl_ft.errors import UserError
 from ssl_ft.finite import EXIT_NONFINITE, NonFiniteError
 
-__all__ = ["add_recipe_flags", "recipe_and_overrides", "run"]
+__all__ = ["ArgumentParser", "add_recipe_flags", "recipe_and_overrides", "run"]
 
 
 def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Call ``main(argv)``; turn a :class:`UserError` into ``error: ...`` on stderr and status 2,
     a :class:`~ssl_ft.finite.NonFiniteError` into ``error: ...`` and status 3.
 
-    ``argparse`` already exits with status 2 on bad flags. Anything else that escapes is a bug in
-    ssl_ft and keeps its traceback.
+    Bad flags of an :class:`ArgumentParser` are a :class:`UserError` too; a plain argparse
+    parser exits with status 2 itself. Anything else that escapes is a bug in ssl_ft and keeps
+    its traceback.
     """
     try:
         main(argv)
@@ -37,6 +40,16 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose errors (an unknown flag, a value of the wrong type, a
+    missing required flag) are one line: ``error: PROG: MESSAGE (PROG --help lists the
+    options)`` and exit status 2 through :func:`run`, instead of the usage block and the error.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message} ({self.prog} --help lists the options)")
 
 
 def add_recipe_flags(parser: argparse.ArgumentParser, flags: Mapping[str, dict]) -> None:

@@ -11,14 +11,13 @@ What each row means: ssl_ft/benchmark.py and docs/performance.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 DATA = {28: "pneumoniamnist", 64: "chest_xray_kermany_64"}
 
@@ -34,7 +33,7 @@ def _table(title: str, results: dict, base: str | None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="SimCLR at 28 px, small fine-tuning")
     p.add_argument("--json", metavar="FILE", help="write every number here")
     p.add_argument("--data-root", default=None, help="default $SSL_FT_DATA")

@@ -8,17 +8,16 @@ layer range and truncation train, freeze or drop it. Nothing is trained.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     from ssl_ft.models import ARCHS, RULES, STEMS
 
-    parser = argparse.ArgumentParser(prog="depthmap.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="depthmap.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), help="backbone (or take it from --checkpoint)")
     parser.add_argument("--checkpoint", help="an ssl_ft checkpoint: arch, stem and channels from its metadata")
     parser.add_argument("--in-chans", type=int, default=None, help="1 or 3 (default 1, or the checkpoint's)")

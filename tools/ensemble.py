@@ -20,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import add_recipe_flags, recipe_and_overrides, run
+from ssl_ft.cli import ArgumentParser, add_recipe_flags, recipe_and_overrides, run
 
 LISTS = ("checkpoints", "depths", "layers")  # recipe keys of the repeatable flags below
 FLAGS: dict[str, dict] = {
@@ -54,7 +54,7 @@ def _depth(text: str) -> float | str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="ensemble.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other recipe keys as key=value (e.g. threads=1). See docs/fusion.md.")

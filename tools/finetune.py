@@ -21,7 +21,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import add_recipe_flags, recipe_and_overrides, run
+from ssl_ft.cli import ArgumentParser, add_recipe_flags, recipe_and_overrides, run
 
 # flag -> recipe key; every flag is also a recipe key (dashes become underscores)
 FLAGS: dict[str, dict] = {
@@ -59,7 +59,7 @@ FLAGS: dict[str, dict] = {
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="finetune.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Other recipe keys as key=value, e.g. strategy_args.ft_lr_scale=0.1 optimizer=sgd "

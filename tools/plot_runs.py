@@ -11,13 +11,12 @@ restorative run (original / corrupted / restored rows) as a PNG.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 from ssl_ft.errors import UserError
 
 
@@ -42,7 +41,7 @@ def _series(run_dir: Path) -> tuple[list[dict], dict[str, tuple[int, float]]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="plot_runs.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="plot_runs.py", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--examples", help="a restorative run whose example images to save")

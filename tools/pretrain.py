@@ -11,15 +11,14 @@ Under ``torchrun --nproc_per_node N tools/pretrain.py ...`` the same command tra
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="pretrain.py", description=__doc__.split("\n\n")[0],
         epilog="Overrides use dotted keys of the recipe, e.g. train.epochs=1 data.limit=256 "
                "method_args.temperature=0.1 out=/tmp/run. See docs/pretraining.md.")

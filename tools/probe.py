@@ -8,15 +8,14 @@ on validation AUC, test AUC/ACC with MedMNIST conventions.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="probe.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="probe.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True,
                    help="an ssl_ft checkpoint, a plain or wrapped state dict (.pt) or a "
                         ".safetensors file (these two need --arch), or 'none' for a random init")

@@ -17,12 +17,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="probe_depths.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="probe_depths.py", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", action="append", required=True, metavar="CKPT",
                    help="an ssl_ft checkpoint or state dict, 'imagenet', or 'none' for a random "
                         "init (repeat to compare several on one plot)")

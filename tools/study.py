@@ -20,12 +20,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="study.py", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="study recipe (see recipes/study/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override recipe keys, e.g. workers=2 out=/tmp/study")

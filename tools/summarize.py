@@ -19,7 +19,6 @@ the best of each row in bold.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ssl_ft.cli import run
+from ssl_ft.cli import ArgumentParser, run
 from ssl_ft.errors import UserError
 from ssl_ft.study.report import metrics_rows, p_text, paired_differences, summarize
 
@@ -173,7 +172,7 @@ def plot(rows: pd.DataFrame, by: Sequence[str], path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="summarize.py", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="summarize.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run folders, folders of runs, metrics.json")
     parser.add_argument("--by", nargs="+", default=["model", "layers", "truncate", "strategy"],
                         help="grouping keys (default: model layers truncate strategy)")
