@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
 from ssl_ft.augment import BatchAugment
-from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
+from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, subsample
 from ssl_ft.data.checks import check_learnable
@@ -295,7 +295,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         rewrite_jsonl(out / "metrics.jsonl", [h for h in history if h.get("epoch", 0) >= 1])
         if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
             _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision), out,
-                           start_epoch, only_missing=True,
+                           start_epoch, history, only_missing=True,
                            extra={"method_state": _head_state(method),
                                   "seen_codes": torch.from_numpy(data.pool.codes)})
         from torch.utils.tensorboard import SummaryWriter
@@ -371,27 +371,27 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
         "optimizer": optimizer.state_dict(), "step": step,
         "history": [json.dumps(h) for h in history], **seen,
     })
-    seen_extra = {"method_state": heads, **seen}
-    _derived_files(cfg, method, meta, out, epoch, only_missing=False, extra=seen_extra)
-    best = best_epoch(history, f"{cfg.eval.method}_auc")
-    if best is not None and best["epoch"] == epoch:
-        save_checkpoint(out / "best.pt", backbone, meta, extra=seen_extra)
-    if last_epoch:
-        summary = run_summary(history, f"{cfg.eval.method}_auc")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        print(summary["text"], file=sys.stderr)
+    _derived_files(cfg, method, meta, out, epoch, history, only_missing=False,
+                   extra={"method_state": heads, **seen})
 
 
 def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path, epoch: int,
-                   only_missing: bool, extra: dict) -> None:
+                   history: list[dict], only_missing: bool, extra: dict) -> None:
     """The files made from an epoch's state after last.pt commits it: the epoch_NNNN.pt
-    snapshot and, at the end, checkpoint.pt. A resumed run writes those that a kill cut short
-    (``only_missing``: absent, unreadable or of another epoch)."""
+    snapshot, best.pt if this epoch scored best so far and, at the end, checkpoint.pt and
+    summary.json. A resumed run writes those that a kill cut short (``only_missing``: absent,
+    unreadable or of another epoch)."""
     names = [f"epoch_{epoch:04d}.pt"] if cfg.train.save_every and \
         epoch % cfg.train.save_every == 0 else []
     names += ["checkpoint.pt"] if epoch == cfg.train.epochs else []
+    best = best_epoch(history, f"{cfg.eval.method}_auc")
+    names += ["best.pt"] if best is not None and best["epoch"] == epoch else []
     for name in names:
         if not only_missing or not checkpoint_complete(out / name, epoch):
             save_checkpoint(out / name, method.backbone.state_dict(), meta, extra=extra)
             if name == "checkpoint.pt":
                 print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
+    if epoch == cfg.train.epochs and not (only_missing and (out / "summary.json").is_file()):
+        summary = run_summary(history, f"{cfg.eval.method}_auc")
+        write_json(out / "summary.json", summary)
+        print(summary["text"], file=sys.stderr)
