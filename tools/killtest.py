@@ -19,8 +19,12 @@ and with no temporary or lock file left. Wall-clock fields (``images_per_s``,
 Every run of a tool uses the same folder, so paths inside the files match too.
 
 The runs are tiny (64 PneumoniaMNIST images, 2 epochs, batches of 32) and deterministic
-(``train.deterministic=true``; fine-tuning on the CPU with one thread). Exit status 0 if every
-trial finished and matched, 1 otherwise.
+(``train.deterministic=true``; fine-tuning on the CPU with one thread). Each run is a fork of
+this process, made after it imported the tools' modules (the child sets the run's environment,
+working folder and log, calls the tool's ``main`` as ``python tools/X.py`` would and exits with
+its status); the SIGKILL is a real one, of that process. ``--fresh`` runs every command as a new
+Python process instead (slower by the imports of each run). Exit status 0 if every trial
+finished and matched, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -39,7 +43,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = ("images_per_s", "peak_images_per_s")
+#: Wall-clock fields, the only ones left out of the comparison (``created``: a checkpoint's
+#: write time).
+TIMING = ("images_per_s", "peak_images_per_s", "wall_time_s", "cpu_time_s", "chooser_s",
+          "created")
 TINY_PRETRAIN = ["data.limit=64", "train.batch_size=32", "train.epochs=2", "eval.every=1",
                  "eval.limit=64", "train.deterministic=true", "train.save_every=1",
                  "train.threads=1"]
@@ -83,7 +90,10 @@ def commands(tool: str, work: Path) -> tuple[list[str], list[str], Path]:
     return cmd, cmd, work / "study" / "run"
 
 
-def _tensors(tree, prefix: str = "") -> dict[str, str]:
+def _tensors(tree, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a checkpoint's nested state by key path: a tensor as dtype, shape and the
+    SHA-256 of its bytes; a JSON string (pretraining's history rows) decoded without timing
+    fields; any other value as it is."""
     import torch
 
     if isinstance(tree, torch.Tensor):
@@ -91,12 +101,19 @@ def _tensors(tree, prefix: str = "") -> dict[str, str]:
         data = t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes()
         return {prefix.rstrip("."): f"{t.dtype} {tuple(t.shape)} "
                                     f"{hashlib.sha256(data).hexdigest()}"}
-    items = (tree.items() if isinstance(tree, dict) else enumerate(tree)
-             if isinstance(tree, list | tuple) else ())
-    out: dict[str, str] = {}
-    for key, value in items:
-        out.update(_tensors(value, f"{prefix}{key}."))
-    return out
+    if isinstance(tree, dict | list | tuple):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        out: dict[str, object] = {}
+        for key, value in items:
+            if key not in TIMING:
+                out.update(_tensors(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, str) and tree.startswith("{"):
+        try:
+            return {prefix.rstrip("."): _drop_timing(json.loads(tree))}
+        except ValueError:
+            pass
+    return {prefix.rstrip("."): tree}
 
 
 def _drop_timing(obj):
@@ -108,8 +125,9 @@ def _drop_timing(obj):
 
 
 def fingerprint(out: Path) -> dict[str, object]:
-    """What must be bitwise equal: every tensor of every .pt file, every metrics file (without
-    wall-clock fields), the recipes and the study's tables."""
+    """What must be bitwise equal: every tensor and metadata value of every .pt file, every
+    JSON, JSON-lines and CSV file (without wall-clock fields), the recipes and the study's
+    report."""
     import torch
 
     fp: dict[str, object] = {}
@@ -117,8 +135,8 @@ def fingerprint(out: Path) -> dict[str, object]:
         rel = str(path.relative_to(out))
         if path.suffix == ".pt":
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            fp[rel] = _tensors({"backbone": obj["backbone"], "extra": obj["extra"]})
-        elif path.name == "metrics.json":
+            fp[rel] = _tensors({k: obj[k] for k in ("backbone", "extra", "meta")})
+        elif path.suffix == ".json":
             fp[rel] = _drop_timing(json.loads(path.read_text()))
         elif path.suffix == ".jsonl":
             fp[rel] = [_drop_timing(json.loads(line)) for line in path.read_text().splitlines()]
@@ -150,11 +168,80 @@ def difference(a: dict, b: dict) -> str | None:
     return None
 
 
+#: Modules a forked run would otherwise import itself (seconds of CPU each time).
+PRELOAD = ("torch", "torchvision", "sklearn.linear_model", "sklearn.neighbors", "pandas",
+           "ssl_ft.pretrain", "ssl_ft.finetune", "ssl_ft.ensemble", "ssl_ft.study",
+           "ssl_ft.runlock", "torch.utils.tensorboard")
+_tools: dict[str, object] = {}
+
+
+def preload() -> None:
+    """Import what the tools import, once, in this process: each forked run starts from it."""
+    import importlib
+    import importlib.util
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for tool in ("pretrain", "finetune", "study"):
+        spec = importlib.util.spec_from_file_location(f"{tool}_tool", REPO / "tools" / f"{tool}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _tools[str(REPO / "tools" / f"{tool}.py")] = module
+
+
+def _forked(cmd: list[str], env: dict, log: Path) -> int:
+    """Fork; the child runs the tool's ``main`` on ``cmd[2:]`` as ``python cmd[1] ...`` would
+    (same environment, working folder, stdout/stderr to ``log``, exit status) and never
+    returns. Returns the child's pid."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.chdir(REPO)
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = cmd[1:]
+        from ssl_ft.cli import run as run_main
+
+        code = run_main(_tools[cmd[1]].main, cmd[2:])
+    except SystemExit as exc:  # argparse
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # a bug: its traceback goes to the log
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _status(pid: int, kill_after: float | None) -> int:
+    """Wait for ``pid`` (SIGKILL it after ``kill_after`` seconds); its return code as
+    subprocess reports one (``-9`` when killed)."""
+    deadline = None if kill_after is None else time.monotonic() + kill_after
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        time.sleep(0.01)
+
+
 def run(cmd: list[str], env: dict, log: Path, kill_after: float | None = None) -> int:
-    """Run ``cmd`` to its end (or SIGKILL it after ``kill_after`` seconds); its return code."""
+    """Run ``cmd`` to its end (or SIGKILL it after ``kill_after`` seconds); its return code.
+    After :func:`preload` the run is a fork of this process, else a new process."""
     with open(log, "a") as fh:
         fh.write(f"$ {' '.join(cmd)}\n")
-        fh.flush()
+    if _tools:
+        return _status(_forked(cmd, env, log), kill_after)
+    with open(log, "a") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=fh, cwd=REPO)
         if kill_after is None:
             return proc.wait()
@@ -253,7 +340,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work", default="runs/killtest", help="scratch folder (default runs/killtest)")
     p.add_argument("--json", help="write every trial's outcome here")
     p.add_argument("--markdown", help="write the summary table here")
+    p.add_argument("--fresh", action="store_true",
+                   help="run each tool as a new Python process (default: a fork of this "
+                        "process after it imported the tools' modules, which saves their "
+                        "import time on every run)")
     args = p.parse_args(argv)
+    if not args.fresh:
+        preload()
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
