@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -143,16 +142,29 @@ def test_pretrain_on_a_folder_of_16bit_pngs(tmp_path):
     assert ckpt.meta["in_chans"] == 1 and ckpt.meta["image_size"] == 32
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 900) -> None:
+    """Poll until ``path`` exists (atomic writes rename a complete file into place); fail if
+    ``proc`` ended first or ``timeout`` seconds passed (a generous bound for a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended ({proc.returncode}) before {path.name}"
+        assert time.monotonic() < deadline, f"no {path.name} after {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def test_sigkill_leaves_a_resumable_checkpoint(data_root, tmp_path):
+    """SIGKILL in the middle of the run, at an event rather than after a fixed sleep: as soon
+    as epoch 1's snapshot is on disk, i.e. while epoch 2 trains (or epoch 2's writes run, if
+    the poll is slow), so the kill lands inside the run however loaded the machine is."""
     out = tmp_path / "k"
     args = tiny(data_root, out, "train.epochs=6", "eval.every=0", "train.save_every=1")
     proc = subprocess.Popen([*TOOL, str(QUICK), *args], cwd=REPO, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "last.pt").exists():
-        time.sleep(0.2)
-    time.sleep(0.7)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        _wait_for(out / "epoch_0001.pt", proc)
+    finally:
+        proc.kill()  # SIGKILL; a no-op if the process already ended
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed, not finished
     done = load_checkpoint(out / "last.pt").meta["epoch"]
     assert 1 <= done < 6
     res = run_tool(str(QUICK), *args, "--resume")
