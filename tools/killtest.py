@@ -205,7 +205,10 @@ def _forked(cmd: list[str], env: dict, log: Path) -> int:
         os.environ.clear()
         os.environ.update(env)
         sys.argv = cmd[1:]
+        from ssl_ft.checkpoint import _files
         from ssl_ft.cli import run as run_main
+
+        _files._writes = 0  # SSL_FT_KILL_AT_WRITE counts this run's writes, not the parent's
 
         code = run_main(_tools[cmd[1]].main, cmd[2:])
     except SystemExit as exc:  # argparse
