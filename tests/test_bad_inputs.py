@@ -26,6 +26,20 @@ GARBAGE = "garbage.pt: not a PyTorch or safetensors file"
 FT = ["--limit", "64", "--epochs", "1", "--batch-size", "32", "threads=1"]
 
 
+PAYLOAD_RAN = "payload_ran"  # a file the pickled payload would create if it were unpickled
+UNPICKLE = "torch.load(weights_only=True) refuses to unpickle"
+
+
+class _Payload:
+    """Unpickled, this object would call ``open(path, "w")``: a file appears if code ran."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
 @pytest.fixture(scope="module")
 def inputs(data_root, tmp_path_factory) -> dict[str, str]:
     """Bad (and a few good) files the cases refer to as ``{name}``."""
@@ -66,6 +80,7 @@ def inputs(data_root, tmp_path_factory) -> dict[str, str]:
     state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"].clone()
     state["layer1.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     save_checkpoint(d / "nan.pt", state, meta)
+    torch.save({"backbone": _Payload(d / PAYLOAD_RAN)}, d / "payload.pt")
     names = {p.stem: str(p) for p in d.iterdir() if p.suffix != ".json"}
     return {**names, "tmp": str(d), "root": str(data_root), "file_dir": str(d / "file" / "x")}
 
@@ -85,6 +100,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("pretrain", [QUICK, "train.lr=1e6x", "out={out}"], "train.lr = '1e6x'"),
     ("pretrain", [QUICK, "model.weights={garbage}", "out={out}", *PT], GARBAGE),
     ("pretrain", [QUICK, "model.weights={nan}", "out={out}", *PT], "layer1.0.conv1.weight"),
+    ("pretrain", [QUICK, "model.weights={payload}", "out={out}", *PT], UNPICKLE),
     ("pretrain", [QUICK, "out={file_dir}", *PT], "file/x: Not a directory"),
     ("pretrain", [QUICK, "data.limit=0", "out={out}"], "limit must be a positive integer"),
     ("pretrain", [QUICK, "out={out}", "--epochs=3"], "unrecognized arguments: --epochs=3"),
@@ -103,6 +119,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("finetune", ["--checkpoint", "{inf}", "--out", "{out}", *FT],
      "layer2.0.bn1.running_var"),
     ("finetune", ["--checkpoint", "{garbage}", "--out", "{out}", *FT], GARBAGE),
+    ("finetune", ["--checkpoint", "{payload}", "--out", "{out}", *FT], UNPICKLE),
     ("finetune", ["--checkpoint", "{good}", "--label-fraction", "1.5", "--out", "{out}", *FT],
      "label_fraction must be in (0, 1], got 1.5"),
     ("finetune", ["{empty}", "--checkpoint", "{good}", "--out", "{out}"], "is empty"),
@@ -137,6 +154,8 @@ CASES: list[tuple[str, list[str], str]] = [
                   "--depth", "75", "--depth", "100", "--out", "{out}", "--cache-dir",
                   "{tmp}/cache", "--limit", "64"], "3 --depth values for 2 checkpoints"),
     ("ensemble", ["{empty}", "--out", "{out}"], "is empty"),
+    ("ensemble", ["--checkpoint", "{good}", "--checkpoint", "{payload}", "--arch", "resnet18",
+                  "--out", "{out}", "--cache-dir", "{tmp}/cache", "--limit", "64"], UNPICKLE),
     ("ensemble", ["--checkpoint", "{good}", "--checkpoint", "none", "--arch", "resnet18",
                   "--data", "{gaps}", "--out", "{out}", "--cache-dir", "{tmp}/cache",
                   "--limit", "64", "threads=1"], "classes 1, 2, 3, 4"),
@@ -152,6 +171,8 @@ CASES: list[tuple[str, list[str], str]] = [
     ("probe", ["--checkpoint", "{nan}", "--data", "pneumoniamnist", "--out",
                "{out}/probe.json"], "layer1.0.conv1.weight"),
     ("probe", ["--checkpoint", "{garbage}", "--data", "pneumoniamnist"], GARBAGE),
+    ("probe", ["--checkpoint", "{payload}", "--arch", "resnet18", "--data", "pneumoniamnist"],
+     UNPICKLE),
     ("probe", ["--checkpoint", "{tmp}/missing.pt", "--data", "pneumoniamnist"], "missing.pt"),
     ("probe", ["--checkpoint", "{good}", "--data", "{gaps}", "--out", "{out}/probe.json"],
      "classes 1, 2, 3, 4"),
@@ -169,6 +190,7 @@ CASES: list[tuple[str, list[str], str]] = [
     # ------------------------------------------------------------------ depthmap, summarize
     ("depthmap", ["--checkpoint", "{nan}"], "layer1.0.conv1.weight"),
     ("depthmap", ["--checkpoint", "{garbage}"], GARBAGE),
+    ("depthmap", ["--checkpoint", "{payload}"], UNPICKLE),
     ("depthmap", ["--arch", "resnet18", "--layers", "0-200"], "0-200"),
     ("depthmap", ["--arch", "resnet19"], "argument --arch: invalid choice: 'resnet19'"),
     ("summarize", ["{tmp}/nothing_here"], "nothing_here"),
@@ -205,6 +227,7 @@ def test_bad_input_is_one_line_and_exit_2(case, inputs, tmp_path, tool, capsys, 
     assert "Traceback" not in err
     assert _results_left(tmp_path, Path(inputs["tmp"])) == []
     assert not out.exists() or not any(out.iterdir())
+    assert not (Path(inputs["tmp"]) / PAYLOAD_RAN).exists()  # no pickled code ever ran
     if os.environ.get("SSL_FT_BAD_INPUT_TABLE"):  # docs/reliability.md's table, from this run
         with open(os.environ["SSL_FT_BAD_INPUT_TABLE"], "a") as fh:
             fh.write(f"| {name} | `{_shown(argv)}` | {code} | "
