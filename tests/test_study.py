@@ -48,6 +48,23 @@ def _study(tmp_path, **kw) -> Path:
     return path
 
 
+def test_a_pretraining_cell_is_done_once_its_summary_is_written(tmp_path):
+    """Found by tools/killtest.py: a study killed inside a pretraining cell's last write
+    (summary.json, after checkpoint.pt) skipped the cell on restart and never wrote it."""
+    from ssl_ft.study import is_done
+
+    study = load_study(_study(tmp_path))
+    cell = next(c for c in expand(study) if c.kind == "pretrain")
+    folder = cell.folder(study.out)
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    assert not is_done(cell, study.out)  # resumed: the run writes summary.json
+    (folder / "summary.json").write_text("{}")
+    assert is_done(cell, study.out)
+    (folder / "checkpoint.pt").unlink()
+    assert not is_done(cell, study.out)
+
+
 def test_grid_expansion(tmp_path):
     study = load_study(_study(tmp_path))
     cells = expand(study)

@@ -36,7 +36,10 @@ def is_done(cell: Cell, out: str | Path) -> bool:
     folder = cell.folder(out)
     if cell.trial is not None and diverged(folder):
         return True
-    return (folder / ("checkpoint.pt" if cell.kind == "pretrain" else "metrics.json")).is_file()
+    # a pretraining's last file is summary.json, written after checkpoint.pt (a cell killed in
+    # between resumes and writes it)
+    names = ("checkpoint.pt", "summary.json") if cell.kind == "pretrain" else ("metrics.json",)
+    return all((folder / name).is_file() for name in names)
 
 
 def list_cells(study: Study, cells: list[Cell]) -> list[str]:
