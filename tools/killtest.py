@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Wall-clock fields, the only ones left out of the comparison (``created``: a checkpoint's
 #: write time).
 TIMING = ("images_per_s", "peak_images_per_s", "wall_time_s", "cpu_time_s", "chooser_s",
-          "created")
+          "probe_seconds", "feature_seconds", "evidence_s", "race_s", "created")
 TINY_PRETRAIN = ["data.limit=64", "train.batch_size=32", "train.epochs=2", "eval.every=1",
                  "eval.limit=64", "train.deterministic=true", "train.save_every=1",
                  "train.threads=1"]
