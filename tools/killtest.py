@@ -14,8 +14,9 @@ once, in a seeded shuffled order, so each checkpoint write is hit when there are
 (every other such trial also kills the first resume). The run is then resumed once more
 (``--resume``; the same command for study.py) and must end with status 0, with every tensor of every
 ``.pt`` file (weights, heads, optimiser states) and every metrics file equal to the reference's,
-and with no temporary or lock file left. Wall-clock fields (``images_per_s``,
-``peak_images_per_s``) are left out of the comparison; everything else must match exactly.
+and with no temporary or lock file left. Wall-clock fields (keys named ``seconds`` or ending
+in ``_seconds`` or ``_s``, such as ``images_per_s``, and a checkpoint's ``created``) are left out
+of the comparison; everything else must match exactly.
 Every run of a tool uses the same folder, so paths inside the files match too.
 
 The runs are tiny (64 PneumoniaMNIST images, 2 epochs, batches of 32) and deterministic
@@ -43,10 +44,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-#: Wall-clock fields, the only ones left out of the comparison (``created``: a checkpoint's
-#: write time).
-TIMING = ("images_per_s", "peak_images_per_s", "wall_time_s", "cpu_time_s", "chooser_s",
-          "probe_seconds", "feature_seconds", "evidence_s", "race_s", "created")
+#: Wall-clock fields, the only ones left out of the comparison: by the library's naming,
+#: ``seconds`` and keys ending in ``_seconds`` or ``_s`` (``images_per_s``, ``wall_time_s``,
+#: ``probe_seconds``, ...), and ``created`` (a checkpoint's write time).
+TIMING_SUFFIXES = ("_seconds", "_s")
+TIMING_KEYS = ("seconds", "created")
+
+
+def is_timing(key: object) -> bool:
+    """Whether ``key`` names a wall-clock field (see :data:`TIMING_SUFFIXES`)."""
+    return isinstance(key, str) and (key in TIMING_KEYS or key.endswith(TIMING_SUFFIXES))
 TINY_PRETRAIN = ["data.limit=64", "train.batch_size=32", "train.epochs=2", "eval.every=1",
                  "eval.limit=64", "train.deterministic=true", "train.save_every=1",
                  "train.threads=1"]
@@ -105,7 +112,7 @@ def _tensors(tree, prefix: str = "") -> dict[str, object]:
         items = tree.items() if isinstance(tree, dict) else enumerate(tree)
         out: dict[str, object] = {}
         for key, value in items:
-            if key not in TIMING:
+            if not is_timing(key):
                 out.update(_tensors(value, f"{prefix}{key}."))
         return out
     if isinstance(tree, str) and tree.startswith("{"):
@@ -118,7 +125,7 @@ def _tensors(tree, prefix: str = "") -> dict[str, object]:
 
 def _drop_timing(obj):
     if isinstance(obj, dict):
-        return {k: _drop_timing(v) for k, v in obj.items() if k not in TIMING}
+        return {k: _drop_timing(v) for k, v in obj.items() if not is_timing(k)}
     if isinstance(obj, list):
         return [_drop_timing(v) for v in obj]
     return obj
@@ -144,7 +151,7 @@ def fingerprint(out: Path) -> dict[str, object]:
             import pandas as pd
 
             df = pd.read_csv(path)
-            fp[rel] = df.drop(columns=[c for c in df.columns if c in TIMING]).to_csv(index=False)
+            fp[rel] = df.drop(columns=[c for c in df.columns if is_timing(c)]).to_csv(index=False)
         elif path.name in ("recipe.yaml", "results.md"):
             fp[rel] = path.read_text()
     return fp
