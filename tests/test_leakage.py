@@ -193,3 +193,31 @@ def test_a_pool_of_the_targets_own_train_split_passes_whatever_prepared_it(data_
     both = check_leakage(seen, {**target.images, "train": target.images["train"][:50]},
                          what="pool", target=LC, allow=True)
     assert both.seen["val"] >= 1
+
+
+def _code(vec: np.ndarray) -> np.ndarray:
+    """A (1, 9, 64) code whose every view is ``vec`` (0..255)."""
+    return np.tile(np.clip(vec, 0, 255).round().astype(np.uint8), (1, len(VARIANTS), 1))
+
+
+def _d(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = (c[0, 0].astype(np.float64) - c[0, 0].mean() for c in (a, b))
+    return float(1 - x @ y / np.linalg.norm(x) / np.linalg.norm(y))
+
+
+def test_a_foreign_copy_is_counted_though_an_own_train_image_lies_near_it():
+    """Pretraining saw x, a near-exact copy (from another dataset) of val image v; the target's
+    train split holds t, a little farther than the threshold from v. Not exempt: t is much
+    farther from v than x is (the exemption allows 0.001), whatever x and t have in common."""
+    rng = np.random.default_rng(0)
+    v = rng.uniform(40, 215, 64)
+    x = v + rng.normal(0, 2.5, 64)
+    t = v + rng.normal(0, 12, 64)
+    cv, cx, ct = _code(v), _code(x), _code(t)
+    assert _d(cv, cx) < 0.005 and 0.01 < _d(cv, ct) < 0.03          # the case as described
+    from ssl_ft.leakage import _own_duplicates
+
+    assert not _own_duplicates(cx, cv, ct, DEFAULT_THRESHOLD)[0]
+    # and the same train image prepared another way, just past the threshold, is exempt
+    t2 = x + rng.normal(0, 0.4, 64)
+    assert _own_duplicates(cx, cv, _code(t2), DEFAULT_THRESHOLD)[0]
