@@ -31,19 +31,30 @@ from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
 
 __all__ = ["C_GRID", "extract_features", "extract_unit_features", "fit_linear_head", "fit_probe",
+           "per_channel",
            "head_from_probe", "padded_proba", "probe_features"]
 
 #: the inverse regularisation strengths tried by the probe (one fit each, best validation AUC)
 C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 
 
+def per_channel(values: Sequence[float], c: int) -> torch.Tensor:
+    """``(1, c, 1, 1)`` normalisation values; another number of values is averaged to ``c``."""
+    v = [float(x) for x in values]
+    if len(v) != c:
+        v = [sum(v) / len(v)] * c
+    return torch.tensor(v).view(1, c, 1, 1)
+
+
 def _normalized_batches(images: np.ndarray, *, max_value: int, mean: Sequence[float],
                         std: Sequence[float], device: torch.device,
                         batch_size: int) -> Iterator[torch.Tensor]:
-    """``(x / max_value - mean) / std`` of ``(N, C, H, W)`` integer images, batch by batch."""
+    """``(x / max_value - mean) / std`` of ``(N, C, H, W)`` integer images, batch by batch.
+    A ``mean``/``std`` of another length than ``C`` (ImageNet's three values on grey images) is
+    averaged to ``C`` values, as :class:`ssl_ft.finetune.model.FinetuneModel` does."""
     c = images.shape[1]
-    m = torch.tensor(list(mean), device=device).view(1, c, 1, 1)
-    s = torch.tensor(list(std), device=device).view(1, c, 1, 1)
+    m = per_channel(mean, c).to(device)
+    s = per_channel(std, c).to(device)
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
         yield (x.float() / max_value - m) / s

@@ -162,3 +162,34 @@ def test_lp_ft_starts_from_the_probe_head_and_gets_fts_steps(data_root, tmp_path
     assert metrics["lp-ft"]["probe"]["seconds"] > 0 and metrics["ft"]["probe"] is None
     assert metrics["lp-ft"]["history"][0]["phase"] == "probe"
     assert [h["epoch"] for h in metrics["lp-ft"]["history"]] == [0, 1, 2]
+
+
+def test_lp_on_grey_images_with_imagenets_three_value_normalisation(data_root, tmp_path, ckpt):
+    """ImageNet's mean/std (three values) on 1-channel images: the model averages them to one
+    value, and so must the probe's feature extraction (it raised a shape error)."""
+    out = finetune(_cfg(data_root, ckpt, tmp_path / "lp", "lp", normalization="imagenet"),
+                   progress=False)
+    m = json.loads((out / "metrics.json").read_text())
+    splits, backbone, _ = _truncated(ckpt, data_root, 100)
+    from ssl_ft.finetune.model import IMAGENET_MEAN, IMAGENET_STD  # noqa: PLC0415
+
+    feats = {s: extract_features(backbone, splits.images[s], max_value=255,
+                                 mean=[sum(IMAGENET_MEAN) / 3], std=[sum(IMAGENET_STD) / 3],
+                                 device=torch.device("cpu")).numpy() for s in SPLITS}
+    ref = probe_features(feats, splits.labels, task=splits.info.task, num_classes=2)
+    assert m["test"]["auc"] == pytest.approx(ref["test"]["auc"], abs=1e-6)
+
+
+def test_resuming_a_run_made_before_the_probe_phase_is_refused(data_root, tmp_path, ckpt):
+    """A last.pt of an older lp-ft (no recorded probe) is past its first epochs: refitting the
+    probe then would overwrite a trained head, so the resume stops with one line instead."""
+    from ssl_ft.errors import UserError
+
+    cfg = _cfg(data_root, ckpt, tmp_path / "old", "lp-ft")
+    out = finetune(cfg, progress=False, stop_after=1)
+    old = load_checkpoint(out / "last.pt")
+    assert old.meta["epoch"] == 1 and "probe" in old.extra
+    save_checkpoint(out / "last.pt", old.backbone, old.meta,
+                    {k: v for k, v in old.extra.items() if k != "probe"})
+    with pytest.raises(UserError, match="before lp-ft began with a converged linear probe"):
+        finetune(cfg, resume=True, progress=False)

@@ -269,6 +269,10 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
     ddp_units: list[int] | None = None
     net: nn.Module = model
+    if strategy.fits_probe and probe is None and start_epoch > 0:
+        raise UserError(f"cannot resume {last}: it was made before {cfg.strategy} began with a "
+                        "converged linear probe (its head has trained without one); start a "
+                        "new run in another folder")
     if strategy.fits_probe and probe is None:  # a resumed run has its probe: no refit
         probe, best = _probe_phase(p, out, best, history, optimizer, writer, device, precision,
                                    dist)

@@ -22,6 +22,7 @@ from torch import nn
 from ssl_ft.checkpoint import load_checkpoint, read_state_dict, save_checkpoint
 from ssl_ft.data import DataInfo
 from ssl_ft.errors import UserError
+from ssl_ft.features import per_channel
 from ssl_ft.finite import check_tensor
 from ssl_ft.models import create_backbone
 
@@ -46,8 +47,8 @@ class FinetuneModel(nn.Module):
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, num_classes)
         c = backbone.in_chans
-        self.register_buffer("mean", _channels(mean, c), persistent=False)
-        self.register_buffer("std", _channels(std, c), persistent=False)
+        self.register_buffer("mean", per_channel(mean, c), persistent=False)
+        self.register_buffer("std", per_channel(std, c), persistent=False)
         self.grad_from = 0
         self.input_unit = 0  # > 0: inputs are activations after that many units (prefix cache)
 
@@ -73,13 +74,6 @@ class FinetuneModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
-
-
-def _channels(values: tuple[float, ...], c: int) -> torch.Tensor:
-    v = [float(x) for x in values]
-    if len(v) != c:
-        v = [sum(v) / len(v)] * c
-    return torch.tensor(v).view(1, c, 1, 1)
 
 
 def unit_modules(backbone: nn.Module, index: int) -> list[nn.Module]:
