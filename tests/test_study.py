@@ -447,3 +447,13 @@ def test_auto_study_runs_two_cells(data_root, tmp_path, tool, monkeypatch):
     assert "## Auto against the fixed selections" in text
     line = next(x for x in text.splitlines() if x.startswith("| breastmnist | resnet18 | 1 |"))
     assert "| auto x1 |" not in line and " x1 | 0-100 " in line
+
+
+def test_report_of_runs_that_cannot_be_paired_says_so_instead_of_failing(tmp_path):
+    """A grid axis the pairing does not group by (two optimisers, say) leaves two runs per keys
+    and seed: the report is still written, and says why its paired tables are missing."""
+    df = _df({"ft": [0.90, 0.92, 0.94], "lp-ft": [0.93, 0.94, 0.98]})
+    write_report(pd.concat([df, df.assign(test_auc=df.test_auc - 0.01)]), tmp_path, "twice")
+    text = (tmp_path / "results.md").read_text()
+    assert "Paired tests not made: 12 runs share their keys and seed (first: data=" in text
+    assert "## Strategies against end-to-end fine-tuning (ft)" not in text

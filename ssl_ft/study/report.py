@@ -354,8 +354,9 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str,
 
         lines += tuning_md(df, tuning)
     lines += _auto_md(auto_summary(df))
-    tests = paired_tests(df)
-    lines += _paired_md("Strategies against end-to-end fine-tuning (ft)", tests, "strategy - ft")
+    tests, note = _or_note(lambda: paired_tests(df))
+    lines += note or _paired_md("Strategies against end-to-end fine-tuning (ft)", tests,
+                                "strategy - ft")
     if not tests.empty:
         lines += ["", "How often each strategy's mean is above / below ft over the cases above "
                   "(data x arch x labels x model x layers), and how often at p < 0.05 (uncorrected "
@@ -366,19 +367,30 @@ def write_report(df: pd.DataFrame, out: str | Path, title: str,
                   f"{r.below_sig} | {r.mean_diff:+.4f} |" for r in tally(tests).itertuples()]
     if ft["selection"].nunique() > 1 and (ft["selection"] == "0-100").any():
         keys = ["data", "arch", "label_fraction", "model", "strategy", "selection"]
-        lines += _paired_md("Layer selections against end-to-end fine-tuning (0-100)",
-                            paired_differences(ft, keys, {"selection": "0-100"}),
-                            "selection - 0-100")
+        sel, note = _or_note(lambda: paired_differences(ft, keys, {"selection": "0-100"}))
+        lines += note or _paired_md("Layer selections against end-to-end fine-tuning (0-100)",
+                                    sel, "selection - 0-100")
     if ft["model"].nunique() > 1 and (ft["model"] == "none").any():
         keys = ["data", "arch", "label_fraction", "selection", "strategy", "model"]
-        lines += _paired_md("Pretrained models against training from scratch (none)",
-                            paired_differences(ft, keys, {"model": "none"}), "model - none")
+        vs, note = _or_note(lambda: paired_differences(ft, keys, {"model": "none"}))
+        lines += note or _paired_md("Pretrained models against training from scratch (none)",
+                                    vs, "model - none")
     from ssl_ft.study.figures import draw_figures
 
     figures = draw_figures(s, out)
     lines += [""] + [f"![{f.stem}]({f.name})" for f in figures]
     _write_text(written[1], "\n".join(lines) + "\n")
     return written + figures
+
+
+def _or_note(make) -> tuple[pd.DataFrame, list[str]]:
+    """``make()``'s paired table, or an empty one and a note: a grid that varies a key the
+    pairing does not group by (e.g. ``optimizer``) has runs that cannot be paired by seed, and
+    the report says so instead of failing after every cell has run."""
+    try:
+        return make(), []
+    except UserError as err:
+        return pd.DataFrame(), ["", f"Paired tests not made: {err}."]
 
 
 def _write_text(path: Path, text: str) -> None:
