@@ -50,3 +50,11 @@ def load_tool(name: str):
 def tool():
     """``tool("probe")`` loads ``tools/probe.py`` so a test can call its ``main``."""
     return load_tool
+
+
+#: Metadata of a hand-made 1-channel resnet18 SimCLR checkpoint at 28 px (tests that save a
+#: backbone of their own with ``save_checkpoint(path, state_dict, GREY_SIMCLR_META)``).
+GREY_SIMCLR_META = {"method": "simclr", "family": "contrastive", "arch": "resnet18",
+                    "in_chans": 1, "image_size": 28, "stem": "standard",
+                    "normalization": {"mean": [0.57], "std": [0.16], "max_value": 255},
+                    "recipe": {}, "data_fingerprint": "x", "epoch": 1}

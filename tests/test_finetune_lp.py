@@ -26,6 +26,7 @@ from ssl_ft.features import extract_features, padded_proba, probe_features
 from ssl_ft.finetune import FinetuneConfig, build_backbone, finetune, load_finetuned, predict_proba
 from ssl_ft.models import DepthMap, create_backbone
 from ssl_ft.probe import linear_probe
+from tests.conftest import GREY_SIMCLR_META
 
 LIMIT, SEED, EPOCHS, BATCH = 120, 1, 2, 16
 SPLITS = ("train", "val", "test")
@@ -41,10 +42,7 @@ def ckpt(tmp_path_factory, pneumonia) -> Path:
         for i in range(0, 128, 32):
             backbone((pneumonia[i:i + 32] - 0.57) / 0.16)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    meta = {"method": "simclr", "family": "contrastive", "arch": "resnet18", "in_chans": 1,
-            "image_size": 28, "stem": "standard",
-            "normalization": {"mean": [0.57], "std": [0.16], "max_value": 255},
-            "recipe": {}, "data_fingerprint": "x", "epoch": 1}
+    meta = dict(GREY_SIMCLR_META)
     save_checkpoint(path, backbone.state_dict(), meta)
     return path
 
