@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,3 +59,14 @@ GREY_SIMCLR_META = {"method": "simclr", "family": "contrastive", "arch": "resnet
                     "in_chans": 1, "image_size": 28, "stem": "standard",
                     "normalization": {"mean": [0.57], "std": [0.16], "max_value": 255},
                     "recipe": {}, "data_fingerprint": "x", "epoch": 1}
+
+
+class TwoViews:
+    """A deterministic 'augmentation' for the joint-embedding method tests: a horizontal flip, then the image itself, in turn."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.flip(-1) if self.calls % 2 else x

@@ -10,6 +10,7 @@ import torch
 from ssl_ft.methods.barlow_twins import BarlowTwins, BarlowTwinsConfig
 from ssl_ft.methods.base import METHODS
 from ssl_ft.models import create_backbone
+from tests.conftest import TwoViews
 
 
 def barlow_reference(a: torch.Tensor, b: torch.Tensor, lam: float) -> float:
@@ -30,17 +31,6 @@ def barlow_reference(a: torch.Tensor, b: torch.Tensor, lam: float) -> float:
     on = sum((1 - c[i][i]) ** 2 for i in range(d))
     off = sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j)
     return on + lam * off
-
-
-class TwoViews:
-    """A deterministic 'augmentation': a horizontal flip, then the image itself, in turn."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return x.flip(-1) if self.calls % 2 else x
 
 
 def make(**cfg: object) -> BarlowTwins:

@@ -11,17 +11,7 @@ from lightly.utils.scheduler import cosine_schedule
 from ssl_ft.methods.base import METHODS
 from ssl_ft.methods.byol import BYOL, BYOLConfig
 from ssl_ft.models import create_backbone
-
-
-class TwoViews:
-    """A deterministic 'augmentation': a horizontal flip, then the image itself, in turn."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return x.flip(-1) if self.calls % 2 else x
+from tests.conftest import TwoViews
 
 
 def make(aug=None, **cfg: object) -> BYOL:

@@ -10,6 +10,7 @@ import torch
 from ssl_ft.methods.base import METHODS
 from ssl_ft.methods.vicreg import VICReg, VICRegConfig
 from ssl_ft.models import create_backbone
+from tests.conftest import TwoViews
 
 
 def vicreg_reference(a: torch.Tensor, b: torch.Tensor, lam: float, mu: float, nu: float,
@@ -31,17 +32,6 @@ def vicreg_reference(a: torch.Tensor, b: torch.Tensor, lam: float, mu: float, nu
 
     (va, ca), (vb, cb) = terms(a), terms(b)
     return lam * inv + mu * (va + vb) / 2 + nu * (ca + cb)
-
-
-class TwoViews:
-    """A deterministic 'augmentation': a horizontal flip, then the image itself, in turn."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return x.flip(-1) if self.calls % 2 else x
 
 
 def make(aug=None, **cfg: object) -> VICReg:
