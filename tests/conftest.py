@@ -53,12 +53,14 @@ def tool():
     return load_tool
 
 
-#: Metadata of a hand-made 1-channel resnet18 SimCLR checkpoint at 28 px (tests that save a
-#: backbone of their own with ``save_checkpoint(path, state_dict, GREY_SIMCLR_META)``).
-GREY_SIMCLR_META = {"method": "simclr", "family": "contrastive", "arch": "resnet18",
-                    "in_chans": 1, "image_size": 28, "stem": "standard",
-                    "normalization": {"mean": [0.57], "std": [0.16], "max_value": 255},
-                    "recipe": {}, "data_fingerprint": "x", "epoch": 1}
+def grey_meta(method: str = "simclr", family: str = "contrastive", mean: float = 0.57,
+              std: float = 0.16) -> dict:
+    """Metadata of a hand-made 1-channel resnet18 checkpoint at 28 px (tests that save a
+    backbone of their own with ``save_checkpoint(path, state_dict, grey_meta(...))``)."""
+    return {"method": method, "family": family, "arch": "resnet18", "in_chans": 1,
+            "image_size": 28, "stem": "standard",
+            "normalization": {"mean": [mean], "std": [std], "max_value": 255},
+            "recipe": {}, "data_fingerprint": "x", "epoch": 1}
 
 
 class TwoViews:

@@ -16,6 +16,7 @@ from ssl_ft.depth_probe import FeatureCache, probe_depths, probe_units
 from ssl_ft.features import extract_features
 from ssl_ft.models import DepthMap, create_backbone
 from ssl_ft.probe import linear_probe
+from tests.conftest import grey_meta
 
 
 def _count_unit_calls(backbone) -> list[int]:
@@ -95,10 +96,7 @@ def test_probe_units_follow_truncation_semantics():
 
 def _ckpt(path, method, family):
     torch.manual_seed(1)
-    meta = {"method": method, "family": family, "arch": "resnet18", "in_chans": 1,
-            "image_size": 28, "stem": "standard",
-            "normalization": {"mean": [0.5], "std": [0.25], "max_value": 255},
-            "recipe": {}, "data_fingerprint": "x", "epoch": 1}
+    meta = grey_meta(method, family, mean=0.5, std=0.25)
     save_checkpoint(path, create_backbone("resnet18", in_chans=1).state_dict(), meta)
     return path
 

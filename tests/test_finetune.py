@@ -16,7 +16,7 @@ from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.finetune import FinetuneModel, load_finetuned, predict_proba
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.models import create_backbone
-from tests.conftest import GREY_SIMCLR_META
+from tests.conftest import grey_meta
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(1)
     bb = create_backbone("resnet18", in_chans=1)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    meta = dict(GREY_SIMCLR_META)
+    meta = grey_meta()
     save_checkpoint(path, bb.state_dict(), meta)
     return path
 

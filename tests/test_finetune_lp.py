@@ -26,7 +26,7 @@ from ssl_ft.features import extract_features, padded_proba, probe_features
 from ssl_ft.finetune import FinetuneConfig, build_backbone, finetune, load_finetuned, predict_proba
 from ssl_ft.models import DepthMap, create_backbone
 from ssl_ft.probe import linear_probe
-from tests.conftest import GREY_SIMCLR_META
+from tests.conftest import grey_meta
 
 LIMIT, SEED, EPOCHS, BATCH = 120, 1, 2, 16
 SPLITS = ("train", "val", "test")
@@ -42,7 +42,7 @@ def ckpt(tmp_path_factory, pneumonia) -> Path:
         for i in range(0, 128, 32):
             backbone((pneumonia[i:i + 32] - 0.57) / 0.16)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    meta = dict(GREY_SIMCLR_META)
+    meta = grey_meta()
     save_checkpoint(path, backbone.state_dict(), meta)
     return path
 

@@ -17,6 +17,7 @@ from ssl_ft.ensemble import EnsembleConfig, FusionNet, ensemble, load_members
 from ssl_ft.ensemble.engine import C_GRID
 from ssl_ft.ensemble.members import block_normalize, member_features
 from ssl_ft.models import create_backbone
+from tests.conftest import grey_meta
 
 
 def test_block_normalize_on_a_worked_example():
@@ -41,10 +42,7 @@ def test_every_block_has_total_variance_one_whatever_its_width(width):
 
 def _ckpt(path: Path, seed: int, method: str, family: str) -> Path:
     torch.manual_seed(seed)
-    meta = {"method": method, "family": family, "arch": "resnet18", "in_chans": 1,
-            "image_size": 28, "stem": "standard",
-            "normalization": {"mean": [0.5], "std": [0.25], "max_value": 255},
-            "recipe": {}, "data_fingerprint": "x", "epoch": 1}
+    meta = grey_meta(method, family, mean=0.5, std=0.25)
     save_checkpoint(path, create_backbone("resnet18", in_chans=1).state_dict(), meta)
     return path
 

@@ -19,7 +19,7 @@ import ssl_ft.finetune.engine as engine
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
 from ssl_ft.finetune import STRATEGIES, FinetuneConfig, finetune, get_strategy
 from ssl_ft.models import create_backbone
-from tests.conftest import GREY_SIMCLR_META
+from tests.conftest import grey_meta
 
 # a strategy that needs arguments to be interesting over 3 epochs
 ARGS = {"l1-sp": {"alpha": 0.01}, "l2-sp": {"alpha": 1.0},
@@ -30,7 +30,7 @@ ARGS = {"l1-sp": {"alpha": 0.01}, "l2-sp": {"alpha": 1.0},
 def ckpt(tmp_path_factory) -> Path:
     torch.manual_seed(3)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint.pt"
-    meta = dict(GREY_SIMCLR_META)
+    meta = grey_meta()
     save_checkpoint(path, create_backbone("resnet18", in_chans=1).state_dict(), meta)
     return path
 
