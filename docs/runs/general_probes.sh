@@ -2,13 +2,16 @@
 # Linear probes behind the "general medical source" table of docs/pretraining.md: the frozen
 # features of the general source (recipes/pretrain/general_medical_28.yaml) against a randomly
 # initialised resnet18 (3 init seeds), on every dataset of ../shared/data at the source's 28 px
-# grey, logistic regression with C chosen on val, test AUC/ACC.
-# Usage: bash docs/runs/general_probes.sh CHECKPOINT OUT_DIR
+# grey (or the 64 px RGB source, recipes/pretrain/general_medical_64.yaml, at 64 px x3), logistic
+# regression with C chosen on val, test AUC/ACC.
+# Usage: bash docs/runs/general_probes.sh CHECKPOINT OUT_DIR [SIZE CHANNELS]   (default 28 1)
 set -euo pipefail
 CKPT=${1:?usage: general_probes.sh CHECKPOINT OUT_DIR}
 OUT=${2:?usage: general_probes.sh CHECKPOINT OUT_DIR}
 cd "$(dirname "$0")/../.."
 export SSL_FT_DATA=${SSL_FT_DATA:-$(cd .. && pwd)/shared/data}
+SIZE=${3:-28}
+CHANNELS=${4:-1}
 mkdir -p "$OUT"
 for data in pneumoniamnist breastmnist chest_xray_kermany_64 busi_breast_ultrasound_64 \
             brain_tumor_mri_sartaj_64 ham10000_dermoscopy_unique_lesion_64 \
@@ -18,7 +21,7 @@ for data in pneumoniamnist breastmnist chest_xray_kermany_64 busi_breast_ultraso
     [ -f "$json" ] && continue
     if [ $src = general ]; then c=(--checkpoint "$CKPT"); else c=(--checkpoint none --arch resnet18); fi
     echo "== $src $data"
-    python tools/probe.py "${c[@]}" --data "$data" --size 28 --channels 1 \
+    python tools/probe.py "${c[@]}" --data "$data" --size "$SIZE" --channels "$CHANNELS" \
       --seed 0 --seed 1 --seed 2 --out "$json.tmp" && mv "$json.tmp" "$json"
   done
 done
