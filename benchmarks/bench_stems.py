@@ -34,7 +34,7 @@ def images_per_s(size: int, stem: str, data_root: str | None, precision: str) ->
     images = load_data(DATA[size], data_root=data_root, size=size, channels=1,
                        limit=128 * 2).images["train"]
     runs = pretrain_contenders("simclr", images, batch=128, steps=2, precision=precision,
-                               lightly_workers=(), stem=stem)
+                               lightly_workers=(), stem=stem, channels_last=False)
     res = alternate({k: v for k, v in runs.items() if k.startswith("ssl_ft")}, 3)
     return next(iter(res.values())).median
 

@@ -6,33 +6,41 @@ Pretraining (images/s, an image = one sample of the batch; both views counted on
   and already augmented (the method's ``augment`` replaced by a lookup of pre-made views), in
   fp32 and in bf16 autocast (the fastest precision of a CPU with native bf16);
 * ``ssl_ft``: :func:`ssl_ft.pretrain.train_one_epoch` over the engine's ``DataLoader`` of raw
-  images with the real :class:`~ssl_ft.augment.BatchAugment`, at pretraining's default precision;
+  images with the real :class:`~ssl_ft.augment.BatchAugment`, at pretraining's default precision,
+  and the same with the model in ``channels_last`` memory format (``train.channels_last``);
 * ``lightly``: the usual loop of lightly's examples -- ``SimCLRTransform`` / ``MoCoV2Transform``
   on PIL images through a ``DataLoader`` (``num_workers`` 0 and 2) -- into the same model and
   loss, fp32 (restorative methods have no lightly transform: no such row).
 
 Fine-tuning (:func:`finetune_epochs`): the real :func:`ssl_ft.finetune.finetune` for each layer
-range and ``lp``, with and without the frozen-prefix cache, second-epoch images/s; and a
-100-epoch linear head on cached features against one forward pass over the same images.
+range, with and without the frozen-prefix cache, second-epoch images/s, at fine-tuning's default
+precision and (``0-100`` and cached ``75-100``) in bf16; ``lp``: train images per second of its
+probe phase (features of train and val, the logistic fits); and a 100-epoch linear head on
+cached features against one forward pass over the same images (:func:`probe_vs_forward`).
 
 Peak memory: the largest resident set size sampled (every 5 ms) while each contender ran.
+
+Targets (:func:`targets`, issue #16): the ratios between these numbers that the project aims
+for, each computed from a report and marked pass or fail.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["RssSampler", "Result", "alternate", "finetune_epochs", "pretrain_contenders",
-           "probe_vs_forward"]
+__all__ = ["FINETUNE_CONTENDERS", "TARGETS", "RssSampler", "Result", "alternate", "finetune_epochs",
+           "pretrain_contenders", "probe_vs_forward", "targets"]
 
 
 def _rss_bytes() -> int:
@@ -78,14 +86,19 @@ class Result:
                 "peak_rss_mb": self.peak_rss / 2**20}
 
 
-def alternate(contenders: dict[str, Callable[[], float]], rounds: int) -> dict[str, Result]:
+def alternate(contenders: dict[str, Callable[..., float]], rounds: int, *,
+              warmup: bool = True, warmup_args: Mapping[str, Any] | None = None
+              ) -> dict[str, Result]:
     """Run every contender once per round, in a rotated order each round; each call returns
-    images/s. The first call of each is a warm-up and is not counted."""
+    images/s. With ``warmup`` each contender is first called once, uncounted, as
+    ``contender(**warmup_args)`` (``{"steps": 1}`` for the pretraining contenders: one step
+    runs every kernel once); without, for contenders that warm up inside each call (a
+    fine-tuning run timed on its last epoch)."""
     results = {name: Result(name) for name in contenders}
     sampler = RssSampler()
     names = list(contenders)
-    for name in names:
-        contenders[name]()  # warm-up (allocations, oneDNN kernel selection)
+    for name in names if warmup else ():
+        contenders[name](**(warmup_args or {}))  # allocations, oneDNN kernel selection
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             with sampler.measure() as peak:
@@ -140,9 +153,13 @@ def _step_rate(method, optimizer, batches: Callable[[], Iterator[torch.Tensor]],
 
 def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, steps: int,
                         precision: str, lightly_workers: tuple[int, ...] = (0, 2),
-                        stem: str = "standard") -> dict[str, Callable[[], float]]:
+                        stem: str = "standard", channels_last: bool = True
+                        ) -> dict[str, Callable[..., float]]:
     """The pretraining contenders (module docstring) for ``images`` ``(N, C, S, S)`` uint8,
-    each a function that runs ``steps`` steps of ``batch`` images and returns images/s."""
+    each a function ``run(steps=steps)`` that trains ``steps`` steps of ``batch`` images and
+    returns images/s.
+    ``channels_last``: also ``ssl_ft (<precision>, channels_last)``, a second copy of the
+    method whose model is in channels_last memory format, as ``train.channels_last`` makes it."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from ssl_ft.pretrain.engine import train_one_epoch
@@ -154,10 +171,10 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     real_augment = method.augment
     x = torch.from_numpy(images[:batch]).float() / 255
     views = [real_augment(x), real_augment(x)]
-    out: dict[str, Callable[[], float]] = {}
+    out: dict[str, Callable[..., float]] = {}
 
-    def limit(prec: str) -> Callable[[], float]:
-        def run() -> float:
+    def limit(prec: str) -> Callable[..., float]:
+        def run(steps: int = steps) -> float:
             method.augment = _Views(views)
             try:
                 return _step_rate(method, opt, lambda: (x for _ in range(steps)), prec)
@@ -169,14 +186,21 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     tensor = torch.from_numpy(images[: batch * steps])
     loader = DataLoader(TensorDataset(tensor), batch_size=batch, shuffle=True, drop_last=True)
 
-    def ssl_ft() -> float:
-        _, stats = train_one_epoch(
-            method, method, loader, opt, epoch=0, step=0, total_steps=steps,
-            lr_fn=lambda s: 0.01, device=torch.device("cpu"), precision=precision,
-            max_value=255, writer=None, show_progress=False)
-        return stats["images_per_s"]
+    def ssl_ft(m, o) -> Callable[..., float]:
+        def run(steps: int = steps) -> float:
+            _, stats = train_one_epoch(
+                m, m, itertools.islice(loader, steps), o, epoch=0, step=0, total_steps=steps,
+                lr_fn=lambda s: 0.01, device=torch.device("cpu"), precision=precision,
+                max_value=255, writer=None, show_progress=False)
+            return stats["images_per_s"]
+        return run
 
-    out[f"ssl_ft ({precision})"] = ssl_ft
+    out[f"ssl_ft ({precision})"] = ssl_ft(method, opt)
+    if channels_last:  # as the engine does for train.channels_last: the whole method
+        cl = _method(method_name, images, size, stem).to(memory_format=torch.channels_last)
+        cl_opt = torch.optim.SGD([p for p in cl.parameters() if p.requires_grad], lr=0.01,
+                                 momentum=0.9)
+        out[f"ssl_ft ({precision}, channels_last)"] = ssl_ft(cl, cl_opt)
     if method_name in ("simclr", "moco"):
         for workers in lightly_workers:
             out[f"lightly loop, {workers} workers"] = _lightly_loop(
@@ -185,7 +209,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
 
 
 def _lightly_loop(method, opt, images: np.ndarray, batch: int, workers: int
-                  ) -> Callable[[], float]:
+                  ) -> Callable[..., float]:
     from lightly.transforms import MoCoV2Transform, SimCLRTransform
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -210,10 +234,12 @@ def _lightly_loop(method, opt, images: np.ndarray, batch: int, workers: int
     loader = DataLoader(Pil(), batch_size=batch, shuffle=True, drop_last=True,
                         num_workers=workers, persistent_workers=workers > 0)
     real_augment = method.augment
+    steps = len(loader)
 
-    def run() -> float:
+    def run(steps: int = steps) -> float:
         start, count = time.perf_counter(), 0
-        for views, _ in loader:
+        batches = iter(loader)
+        for views, _ in itertools.islice(batches, steps):
             method.augment = _Views(list(views))
             try:
                 loss = method(views[0])["loss"]
@@ -224,16 +250,35 @@ def _lightly_loop(method, opt, images: np.ndarray, batch: int, workers: int
             opt.step()
             method.after_step(0, 1)
             count += len(views[0])
-        return count / (time.perf_counter() - start)
+        rate = count / (time.perf_counter() - start)
+        for _ in batches:  # a short (warm-up) call ends its epoch untimed: persistent workers
+            pass           # would otherwise finish its prefetched batches in the next call
+        return rate
 
     return run
 
 
+#: fine-tuning contenders: name -> (layers, strategy, prefix_cache, precision); ``auto`` is
+#: fine-tuning's default precision (fp32 on a CPU). ``0-100`` has nothing frozen to cache.
+FINETUNE_CONTENDERS: dict[str, tuple[str, str, str, str]] = {
+    "ft 0-100 cache off": ("0-100", "ft", "off", "auto"),
+    "ft 0-100 cache off bf16": ("0-100", "ft", "off", "bf16"),
+    **{f"ft {layers} cache {'on' if cache == 'auto' else 'off'}": (layers, "ft", cache, "auto")
+       for layers in ("25-100", "50-100", "75-100") for cache in ("off", "auto")},
+    "ft 75-100 cache on bf16": ("75-100", "ft", "auto", "bf16"),
+    "lp (probe phase)": ("0-100", "lp", "auto", "auto"),
+    "lp-ft 50-100 cache off": ("50-100", "lp-ft", "off", "auto"),
+    "lp-ft 50-100 cache on": ("50-100", "lp-ft", "auto", "auto"),
+}
+
+
 def finetune_epochs(data: str, data_root: str | None, out: str, *, epochs: int = 2,
-                    limit: int | None = None, threads: int | None = None
-                    ) -> dict[str, Callable[[], float]]:
-    """Fine-tuning contenders: layer ranges and ``lp``, cache on/off; images/s of the last
-    epoch of a real :func:`ssl_ft.finetune.finetune` run (random-init resnet18)."""
+                    limit: int | None = None, threads: int | None = None,
+                    names: Collection[str] | None = None) -> dict[str, Callable[[], float]]:
+    """Fine-tuning contenders (:data:`FINETUNE_CONTENDERS`, or those of them in ``names``):
+    images/s of the last epoch of a real :func:`ssl_ft.finetune.finetune` run (random-init
+    resnet18, ``epochs`` epochs, so each run warms up in its own first epoch); for ``lp``,
+    which has no epochs, train images per second of its probe phase (``probe_seconds``)."""
     import json
     import shutil
     from pathlib import Path
@@ -241,27 +286,32 @@ def finetune_epochs(data: str, data_root: str | None, out: str, *, epochs: int =
     from ssl_ft.config import from_dict
     from ssl_ft.finetune import FinetuneConfig, finetune
 
+    unknown = sorted(set(names or ()) - set(FINETUNE_CONTENDERS))
+    if unknown:
+        raise ValueError(f"unknown fine-tuning contenders {unknown}; "
+                         f"choose from {sorted(FINETUNE_CONTENDERS)}")
     out_dict: dict[str, Callable[[], float]] = {}
-    for layers, strategy in [("0-100", "ft"), ("25-100", "ft"), ("50-100", "ft"),
-                             ("75-100", "ft"), ("50-100", "lp-ft")]:
-        for cache in ("off", "auto"):
-            if layers == "0-100" and strategy == "ft" and cache == "auto":
-                continue  # nothing frozen: nothing to cache
-            name = f"{strategy} {layers} cache {'on' if cache == 'auto' else 'off'}"
+    for name, (layers, strategy, cache, precision) in FINETUNE_CONTENDERS.items():
+        if names is not None and name not in names:
+            continue
 
-            def run(layers=layers, strategy=strategy, cache=cache, name=name) -> float:
-                folder = Path(out) / name.replace(" ", "_")
-                shutil.rmtree(folder, ignore_errors=True)
-                cfg = from_dict(FinetuneConfig, dict(
-                    checkpoint="none", arch="resnet18", data=data, data_root=data_root,
-                    layers=layers, strategy=strategy, epochs=epochs, limit=limit,
-                    prefix_cache=cache, out=str(folder), threads=threads, seed=0))
-                finetune(cfg, progress=False)
-                text = (folder / "metrics.jsonl").read_text()
-                rows = [json.loads(r) for r in text.splitlines()]
-                return float(rows[-1]["images_per_s"])
+        def run(layers=layers, strategy=strategy, cache=cache, precision=precision,
+                name=name) -> float:
+            folder = Path(out) / name.replace(" ", "_").replace("(", "").replace(")", "")
+            shutil.rmtree(folder, ignore_errors=True)
+            cfg = from_dict(FinetuneConfig, dict(
+                checkpoint="none", arch="resnet18", data=data, data_root=data_root,
+                layers=layers, strategy=strategy, epochs=epochs, limit=limit,
+                prefix_cache=cache, precision=precision, out=str(folder), threads=threads,
+                seed=0))
+            finetune(cfg, progress=False)
+            rows = [json.loads(r) for r in (folder / "metrics.jsonl").read_text().splitlines()]
+            if strategy == "lp":
+                n_train = json.loads((folder / "metrics.json").read_text())["n_train"]
+                return n_train / float(rows[-1]["probe_seconds"])
+            return float(rows[-1]["images_per_s"])
 
-            out_dict[name] = run
+        out_dict[name] = run
     return out_dict
 
 
@@ -290,3 +340,67 @@ def probe_vs_forward(images: np.ndarray, labels: np.ndarray, *, epochs: int = 10
             opt.step()
     probe = time.perf_counter() - t0
     return {"forward_s": forward, "probe_s": probe, "ratio": probe / forward}
+
+
+#: issue #16's targets: (contender ratio, comparison, threshold)
+TARGETS: dict[str, tuple[str, float]] = {
+    "limit": (">=", 0.90),      # ssl_ft pretraining / the bare step at its own precision
+    "lightly": (">=", 1.3),     # ssl_ft pretraining / the fastest usual lightly loop
+    "bf16": (">=", 1.3),        # limit bf16 / limit fp32 where bf16 is the default
+    "layers": ("<=", 0.35),     # epoch time of cached 75-100 / epoch time of 0-100
+    "probe": ("<=", 1.5),       # 100-epoch cached probe / one forward pass
+}
+
+
+def _holds(value: float, op: str, threshold: float) -> bool:
+    ops = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}
+    return bool(ops[op])  # NaN (a contender that did not run) fails every comparison
+
+
+def targets(report: dict) -> list[dict]:
+    """Issue #16's targets computed from a benchmark ``report`` (what ``tools/bench.py --json``
+    writes: ``precision``, ``pretrain[config][contender]["images_per_s"]``, ``finetune``,
+    ``probe_vs_forward``); one dict per target whose contenders were measured: ``target``
+    (what is divided by what), ``value``, ``op``, ``threshold`` and ``pass``.
+
+    * per pretraining configuration: ssl_ft / the limit at ssl_ft's precision >= 0.90; ssl_ft /
+      the fastest lightly loop >= 1.3 (contrastive methods only); where bf16 is the default,
+      limit bf16 / limit fp32 >= 1.3 (where fp32 is, < 1.3: bf16 would not have paid);
+    * fine-tuning: the cached ``75-100`` epoch <= 0.35 x the ``0-100`` epoch (epoch time, the
+      inverse of images/s over the same train images);
+    * a 100-epoch probe on cached features <= 1.5 x one forward pass over the same images.
+
+    Whether bf16 costs probe AUC (the rest of issue #16's bf16 target) is not measured here."""
+    rows: list[dict] = []
+
+    def add(target: str, value: float, key: str, op: str | None = None) -> None:
+        op = op or TARGETS[key][0]
+        threshold = TARGETS[key][1]
+        rows.append({"target": target, "value": value, "op": op, "threshold": threshold,
+                     "pass": _holds(value, op, threshold)})
+
+    precision = report["precision"]
+    for config, res in report.get("pretrain", {}).items():
+        rate = {name: float(r["images_per_s"]) for name, r in res.items()}
+        own = rate.get(f"ssl_ft ({precision})")
+        if own is None:
+            continue
+        if f"limit {precision}" in rate:
+            add(f"{config}: ssl_ft ({precision}) / limit {precision}",
+                own / rate[f"limit {precision}"], "limit")
+        lightly = [v for name, v in rate.items() if name.startswith("lightly loop")]
+        if lightly:
+            add(f"{config}: ssl_ft ({precision}) / fastest lightly loop", own / max(lightly),
+                "lightly")
+        if "limit fp32" in rate and "limit bf16" in rate:
+            add(f"{config}: {precision} default, limit bf16 / limit fp32",
+                rate["limit bf16"] / rate["limit fp32"], "bf16",
+                None if precision == "bf16" else "<")
+    ft = {name: float(r["images_per_s"]) for name, r in report.get("finetune", {}).items()}
+    if "ft 0-100 cache off" in ft and "ft 75-100 cache on" in ft:
+        add("fine-tuning epoch time: 75-100 cache on / 0-100", ft["ft 0-100 cache off"] /
+            ft["ft 75-100 cache on"], "layers")
+    probe = report.get("probe_vs_forward")
+    if probe:
+        add("100-epoch cached probe / one forward pass", float(probe["ratio"]), "probe")
+    return rows
