@@ -4,17 +4,21 @@ Exit status 0 on success; 2 with ``error: <one line>`` on bad input (:class:`Use
 bad flags: the tools' :class:`ArgumentParser` reports them in one line too, without argparse's
 usage block); 3 with ``error: <one line>`` when training or evaluation met a NaN or an
 infinity (:class:`~ssl_ft.finite.NonFiniteError`; nothing non-finite was written and the last
-checkpoint is the last good one); 130 when interrupted; 1 for a study with failed cells.
+checkpoint is the last good one); 130 when interrupted; 1 for a study with failed cells. A full
+disk or quota is status 2 with ``error: cannot write PATH: no space left on device; ...``
+(:class:`~ssl_ft.errors.DiskFullError`; the files written before it are intact).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import DiskFullError, UserError, is_disk_full
 from ssl_ft.finite import EXIT_NONFINITE, NonFiniteError
 
 __all__ = ["ArgumentParser", "add_recipe_flags", "recipe_and_overrides", "run"]
@@ -25,13 +29,22 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     a :class:`~ssl_ft.finite.NonFiniteError` into ``error: ...`` and status 3.
 
     Bad flags of an :class:`ArgumentParser` are a :class:`UserError` too; a plain argparse
-    parser exits with status 2 itself. Anything else that escapes is a bug in ssl_ft and keeps
-    its traceback.
+    parser exits with status 2 itself. A full disk is status 2 too: a write the library did not
+    name (an ``OSError`` with ``ENOSPC``/``EDQUOT`` from a third-party writer) is reported with
+    the file the error names, and a background thread's full-disk error (TensorBoard's event
+    writer) prints nothing of its own, as the main thread reports it at its next write.
+    Anything else that escapes is a bug in ssl_ft and keeps its traceback.
     """
     try:
-        main(argv)
+        with _quiet_disk_full_threads():
+            main(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        print(f"error: {DiskFullError(exc.filename or 'a file')}", file=sys.stderr)
         return 2
     except NonFiniteError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -40,6 +53,23 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
         print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_disk_full_threads() -> Iterator[None]:
+    """No traceback from a thread that died of a full disk (its owner re-raises the error in
+    the main thread, which :func:`run` turns into one line); other thread errors as before."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_value is None or not is_disk_full(args.exc_value):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import UserError, writing
 
 try:
     import fcntl
@@ -147,7 +147,8 @@ class RunLock:
     def _lock_file(self) -> int:
         path = self.folder / LOCK_NAME
         for _ in range(100):  # retried while a releasing holder unlinks the file under us
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            with writing(path):  # a full disk: one line naming the lock file
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if not self._try_lock(fd, path):
                     raise UserError(f"run folder {self.folder} is in use by "
@@ -161,7 +162,11 @@ class RunLock:
             except BaseException:
                 os.close(fd)
                 raise
-            self._record(fd)
+            try:
+                self._record(fd)
+            except BaseException:
+                os.close(fd)
+                raise
             return fd
         raise UserError(f"cannot lock run folder {self.folder}: {path} keeps changing")
 
@@ -188,10 +193,11 @@ class RunLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": datetime.now().astimezone().isoformat(timespec="seconds"),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(info).encode())
-        os.fsync(fd)
+        with writing(self.folder / LOCK_NAME):
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
 
     def _clean_temp_files(self) -> None:
         for path in self.folder.iterdir():

@@ -13,11 +13,12 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import UserError, writing
 
 __all__ = [
     "Dist",
@@ -34,6 +35,7 @@ __all__ = [
     "resolve_precision",
     "seed_everything",
     "set_threads",
+    "summary_writer",
 ]
 
 
@@ -88,6 +90,34 @@ def make_run_folder(out: str | os.PathLike) -> Path:
     except OSError as exc:
         raise UserError(f"cannot create run folder {out}: {exc.strerror}") from None
     return out
+
+
+def summary_writer(log_dir: str | os.PathLike, purge_step: int | None = None) -> Any:
+    """TensorBoard's ``SummaryWriter`` for ``log_dir`` whose failed writes are one line naming
+    ``log_dir`` (:func:`ssl_ft.errors.writing`: a full disk is a
+    :class:`~ssl_ft.errors.DiskFullError`) instead of a traceback. Its background thread's
+    error surfaces at the next ``add_*``, ``flush`` or ``close``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    class Writer(SummaryWriter):
+        def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+            with writing(log_dir):
+                super().add_scalar(*args, **kwargs)
+
+        def add_image(self, *args: Any, **kwargs: Any) -> None:
+            with writing(log_dir):
+                super().add_image(*args, **kwargs)
+
+        def flush(self) -> None:
+            with writing(log_dir):
+                super().flush()
+
+        def close(self) -> None:
+            with writing(log_dir):
+                super().close()
+
+    with writing(log_dir):
+        return Writer(str(log_dir), purge_step=purge_step)
 
 
 def check_can_create(path: str | os.PathLike, what: str = "folder") -> Path:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ssl_ft.checkpoint import _files as F
-from ssl_ft.errors import UserError
+from ssl_ft.errors import DiskFullError, UserError
 
 
 def test_write_json_is_indented_with_a_final_newline(tmp_path):
@@ -36,9 +36,9 @@ def test_atomic_write_errors_are_one_line_and_leave_nothing(tmp_path):
         f.write(b"half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(UserError) as err:
+    with pytest.raises(DiskFullError) as err:  # a UserError: one line, exit 2
         F.atomic_write(tmp_path / "b.pt", no_space)
-    assert str(err.value) == f"cannot write {tmp_path / 'b.pt'}: No space left on device"
+    assert str(err.value).startswith(f"cannot write {tmp_path / 'b.pt'}: no space left on device;")
     with pytest.raises(KeyError):
         F.atomic_write(tmp_path / "c.pt", lambda f: {}["missing"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temp file, no target

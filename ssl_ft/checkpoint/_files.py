@@ -15,7 +15,7 @@ from typing import IO, Any
 
 import torch
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import DiskFullError, UserError, is_disk_full
 
 __all__ = ["atomic_write", "check_file", "is_safetensors", "load_safetensors", "load_torch",
            "stale_temp_files"]
@@ -31,8 +31,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     mid-write (a killed process may leave a ``.NAME.tmp-HOST-PID-XXXXXXXX`` file behind, never a
     truncated ``path``; :func:`stale_temp_files` finds those of dead processes). On any exception the temp file is removed and ``path`` is untouched.
     A symlink at ``path`` is replaced by the new file; the file it pointed to is left alone (so
-    a ``last.pt -> epoch3.pt`` link never overwrites ``epoch3.pt``). ``OSError`` (no space, no
-    permission) becomes :class:`UserError`; other exceptions propagate unchanged.
+    a ``last.pt -> epoch3.pt`` link never overwrites ``epoch3.pt``). ``OSError`` (no
+    permission) becomes :class:`UserError`, a full disk or quota :class:`DiskFullError`; other
+    exceptions propagate unchanged.
     """
     target = Path(path)
     if target.is_dir():
@@ -41,6 +42,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFullError(target) from exc
         raise UserError(f"cannot write {target}: cannot create {parent}: {_os_reason(exc)}") from exc
     tmp = parent / f".{target.name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -53,6 +56,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(exc):
+            raise DiskFullError(target) from exc
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {target}: {_os_reason(exc)}") from exc
         raise

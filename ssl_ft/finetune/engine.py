@@ -36,7 +36,7 @@ from ssl_ft.checkpoint import load_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.data.checks import check_learnable
-from ssl_ft.errors import UserError
+from ssl_ft.errors import UserError, writing
 from ssl_ft.features import fit_linear_head
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import FinetuneModel, build_backbone, save_finetuned
@@ -65,6 +65,7 @@ from ssl_ft.runtime import (
     resolve_precision,
     seed_everything,
     set_threads,
+    summary_writer,
 )
 
 __all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare"]
@@ -251,11 +252,10 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     writer = None
     if dist.is_main:
         make_run_folder(out)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        with writing(out / "recipe.yaml"):
+            (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch or None)
+        writer = summary_writer(out / "tb", purge_step=start_epoch or None)
         n = p.trainable_params
         print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
               f"({len(x_all)} train images, {info.image_size}px): strategy {cfg.strategy}, "

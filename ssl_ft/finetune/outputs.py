@@ -13,6 +13,7 @@ import torch
 from ssl_ft.checkpoint import save_checkpoint, write_json
 from ssl_ft.config import to_dict
 from ssl_ft.data import ArraySplits
+from ssl_ft.errors import writing
 from ssl_ft.finetune.model import FinetuneModel, load_finetuned, predict_proba, save_finetuned
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
@@ -63,7 +64,7 @@ def log_epoch(writer: Any, out: Path, stats: dict[str, Any], epochs: int) -> Non
     for key, value in stats.items():
         if isinstance(value, int | float) and key != "epoch":
             writer.add_scalar(f"epoch/{key}", value, stats["epoch"])
-    with (out / "metrics.jsonl").open("a") as fh:
+    with writing(out / "metrics.jsonl"), (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(stats) + "\n")
     shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                       for k, v in stats.items() if k != "epoch")

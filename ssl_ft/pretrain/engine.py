@@ -36,7 +36,7 @@ from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, subsample
 from ssl_ft.data.checks import check_learnable
-from ssl_ft.errors import UserError
+from ssl_ft.errors import UserError, writing
 from ssl_ft.features import extract_features
 from ssl_ft.finite import check_gradients, check_loss, check_state, warn_if_diverging
 from ssl_ft.methods import SSLMethod, get_method
@@ -61,6 +61,7 @@ from ssl_ft.runtime import (
     resolve_precision,
     seed_everything,
     set_threads,
+    summary_writer,
 )
 
 __all__ = [
@@ -289,8 +290,9 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     writer = None
     if dist.is_main:
         make_run_folder(out)
-        (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, info),
-                                                          sort_keys=False))
+        with writing(out / "recipe.yaml"):
+            (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, info),
+                                                              sort_keys=False))
         # no rows of an epoch cut short by a kill (the epoch-0 score lives in history only)
         rewrite_jsonl(out / "metrics.jsonl", [h for h in history if h.get("epoch", 0) >= 1])
         if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
@@ -298,9 +300,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
                            start_epoch, history, only_missing=True,
                            extra={"method_state": _head_state(method),
                                   "seen_codes": torch.from_numpy(data.pool.codes)})
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tb"), purge_step=step if step else None)
+        writer = summary_writer(out / "tb", purge_step=step if step else None)
         print(f"pretraining {cfg.method} on {info.name}: {len(tensor)} images "
               f"{info.image_size}px x{info.n_channels}, {cfg.model.arch} "
               f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
@@ -358,7 +358,7 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
     for key, value in stats.items():
         if key != "epoch" and writer is not None:
             writer.add_scalar(f"epoch/{key}", value, epoch)
-    with (out / "metrics.jsonl").open("a") as fh:
+    with writing(out / "metrics.jsonl"), (out / "metrics.jsonl").open("a") as fh:
         fh.write(json.dumps(stats) + "\n")
     shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch")
     print(f"epoch {epoch}/{cfg.train.epochs}  {shown}", file=sys.stderr)

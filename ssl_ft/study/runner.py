@@ -5,6 +5,10 @@ Each cell calls the same library function as its tool (:func:`ssl_ft.pretrain.pr
 :func:`ssl_ft.finetune.finetune`, :func:`ssl_ft.ensemble.ensemble`) with its run folder under
 ``<out>/cells/<id>`` and its log in ``log.txt`` there. A failed cell writes ``error.txt`` and
 the study goes on; a killed study re-started with the same recipe continues where it stopped.
+A full disk is not a cell's failure: it stops the study with a
+:class:`~ssl_ft.errors.DiskFullError` naming the file (the finished cells and every cell's last
+checkpoint stay readable, as all of them are written atomically), and the same command resumes
+once there is space.
 With a ``tune:`` block the tuning trials run after the pretraining and before the other cells,
 which then get their group's chosen values (:mod:`ssl_ft.study.tune`).
 """
@@ -22,7 +26,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import DiskFullError, UserError, is_disk_full
 from ssl_ft.runlock import LOCK_NAME, RunLock, is_temp_file
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
@@ -152,21 +156,33 @@ def _leak_problem(path: str, cfg: dict[str, Any], seen: dict[tuple, str | None])
 
 
 def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> str | None:
-    """Run one cell (in this process); returns None, or the error's last line."""
+    """Run one cell (in this process); returns None, or the error's last line. A full disk
+    raises :class:`~ssl_ft.errors.DiskFullError` instead (the study cannot go on)."""
     folder_path = Path(folder)
-    folder_path.mkdir(parents=True, exist_ok=True)
-    (folder_path / "error.txt").unlink(missing_ok=True)
-    with open(folder_path / "log.txt", "a") as log, contextlib.redirect_stderr(log), \
-            contextlib.redirect_stdout(log):
-        try:
-            _call(kind, config, folder, threads)
-            return None
-        except BaseException as exc:  # noqa: BLE001  (a study outlives a failed cell)
-            if isinstance(exc, KeyboardInterrupt | SystemExit):  # also submitit's requeue exit
-                raise
-            text = traceback.format_exc()
-            (folder_path / "error.txt").write_text(text)
-            return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    log_path = folder_path / "log.txt"
+    try:
+        folder_path.mkdir(parents=True, exist_ok=True)
+        (folder_path / "error.txt").unlink(missing_ok=True)
+        # line-buffered: a full disk shows at the cell's print, not later at close
+        with open(log_path, "a", buffering=1) as log, contextlib.redirect_stderr(log), \
+                contextlib.redirect_stdout(log):
+            try:
+                _call(kind, config, folder, threads)
+                return None
+            except BaseException as exc:  # noqa: BLE001  (a study outlives a failed cell)
+                if isinstance(exc, KeyboardInterrupt | SystemExit):  # also submitit's requeue
+                    raise
+                if isinstance(exc, DiskFullError):
+                    raise
+                if is_disk_full(exc):  # a write of a library that does not name its file
+                    raise DiskFullError(getattr(exc, "filename", None) or log_path) from exc
+                text = traceback.format_exc()
+                (folder_path / "error.txt").write_text(text)
+                return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    except OSError as exc:  # the cell's own folder, log.txt or error.txt
+        if is_disk_full(exc):
+            raise DiskFullError(exc.filename or log_path) from exc
+        raise
 
 
 def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> None:
@@ -294,6 +310,8 @@ def _run_batch(batch: list[Cell], study: Study, threads: int, pool: Executor | N
             cell, t0 = running.pop(fut)
             try:
                 err = fut.result()
+            except DiskFullError:  # the study stops (the pool is shut down by the caller)
+                raise
             except Exception as exc:  # noqa: BLE001  (a worker died)
                 err = f"{type(exc).__name__}: {exc}"
             finished(cell, err, time.perf_counter() - t0)
