@@ -100,6 +100,9 @@ def test_pretraining_on_a_full_disk_keeps_the_last_good_checkpoint(data_root, tm
     assert load_checkpoint(out / "checkpoint.pt").meta["epoch"] == 2
     assert [json.loads(r)["epoch"] for r in (out / "metrics.jsonl").read_text().splitlines()
             ] == [1, 2]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["runtime"]["precision"] in ("bf16", "fp32")  # what `auto` resolved to
+    assert summary["runtime"]["channels_last"] is False
 
 
 def _finetune_argv(data_root, out):
@@ -118,7 +121,8 @@ def test_finetuning_on_a_full_disk_keeps_the_last_good_checkpoint(data_root, tmp
     assert not (out / "metrics.json").exists()  # not finished, so a study re-runs it
     monkeypatch.undo()
     assert run(tool("finetune").main, [*_finetune_argv(data_root, out), "--resume"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["n_train"] == 64
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["runtime"] == {"device": "cpu", "precision": "fp32", "threads": 1}
 
 
 @pytest.mark.parametrize("where", ["metrics.jsonl", "tensorboard"])

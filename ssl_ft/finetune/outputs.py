@@ -93,6 +93,9 @@ def finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
         "units": [{"name": u.name, "depth": float(u.depth), "params": u.params, "status": s}
                   for u, s in zip(p.selection.depth_map.units, p.selection.status, strict=True)],
         "history": history, "recipe": to_dict(cfg), "leakage": p.leakage,
+        # what `precision: auto` and `threads` resolved to on this machine
+        "runtime": {"device": str(device), "precision": precision,
+                    "threads": torch.get_num_threads()},
     }
     write_json(out / "metrics.json", metrics)
     print(f"best epoch {best['epoch']}: val AUC {results['val']['auc']:.4f} ACC "

@@ -393,5 +393,9 @@ def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path
                 print(f"wrote {out / 'checkpoint.pt'}", file=sys.stderr)
     if epoch == cfg.train.epochs and not (only_missing and (out / "summary.json").is_file()):
         summary = run_summary(history, f"{cfg.eval.method}_auc")
+        # what `train.precision: auto` resolved to, and the memory format (docs/performance.md)
+        summary["runtime"] = {"precision": meta["precision"],
+                              "channels_last": cfg.train.channels_last,
+                              "compile": cfg.train.compile}
         write_json(out / "summary.json", summary)
         print(summary["text"], file=sys.stderr)
