@@ -24,7 +24,7 @@ from ssl_ft.data import DataInfo
 from ssl_ft.errors import UserError
 from ssl_ft.features import per_channel
 from ssl_ft.finite import check_tensor
-from ssl_ft.models import create_backbone
+from ssl_ft.models import DepthBackbone, SplittableBackbone, create_backbone
 
 __all__ = ["FinetuneModel", "build_backbone", "load_finetuned", "predict_proba", "save_finetuned",
            "unit_modules"]
@@ -41,7 +41,7 @@ class FinetuneModel(nn.Module):
     without autograd (linear probing).
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, mean: tuple[float, ...],
+    def __init__(self, backbone: DepthBackbone, num_classes: int, mean: tuple[float, ...],
                  std: tuple[float, ...]) -> None:
         super().__init__()
         self.backbone = backbone
@@ -61,7 +61,7 @@ class FinetuneModel(nn.Module):
         k, n = max(self.grad_from, s), len(self.backbone.units)
         if k <= 0:
             return self.backbone(x)
-        if not hasattr(self.backbone, "forward_units"):  # timm: autograd skips frozen params
+        if not isinstance(self.backbone, SplittableBackbone):  # timm: autograd skips frozen
             if k >= n:
                 with torch.no_grad():
                     return self.backbone(x)
@@ -76,13 +76,9 @@ class FinetuneModel(nn.Module):
         return self.head(self.features(x))
 
 
-def unit_modules(backbone: nn.Module, index: int) -> list[nn.Module]:
+def unit_modules(backbone: DepthBackbone, index: int) -> list[nn.Module]:
     """The modules of unit ``index`` (for timm backbones: the owners of its parameters)."""
-    unit = backbone.units[index]
-    if hasattr(backbone, "forward_units"):
-        return [backbone.get_submodule(path) for path in unit.modules]
-    owners = {name.rpartition(".")[0] for name in unit.modules}
-    return [backbone.model.get_submodule(path) for path in sorted(owners)]
+    return backbone.unit_modules(backbone.units[index])
 
 
 def build_backbone(checkpoint: str, info: DataInfo, *, arch: str | None = None,

@@ -9,8 +9,9 @@ the whole backbone), :func:`prefix_activations` computes them once for the train
 from unit ``k`` (``FinetuneModel.input_unit``). The last evaluation, on val and test, still runs
 the saved model end to end on the images.
 
-Off when the activations would take more than ``limit_gb`` (``prefix_cache_gb``), for timm
-backbones (no ``forward_units``), and with ``prefix_cache: off``.
+Off when the activations would take more than ``limit_gb`` (``prefix_cache_gb``), for backbones
+that are not a :class:`~ssl_ft.models.SplittableBackbone` (timm's: no ``forward_units``), and
+with ``prefix_cache: off``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ssl_ft.finetune.model import FinetuneModel
+from ssl_ft.models import SplittableBackbone
 from ssl_ft.runtime import autocast
 
 __all__ = ["cacheable_prefix", "prefix_activations", "prefix_bytes"]
@@ -27,7 +29,7 @@ __all__ = ["cacheable_prefix", "prefix_activations", "prefix_bytes"]
 def cacheable_prefix(model: FinetuneModel, strategy, epochs: int, *, augment: str,
                      freeze_bn: bool) -> int:
     """How many leading units are frozen (and deterministic) in every epoch; 0: no cache."""
-    if augment != "none" or not freeze_bn or not hasattr(model.backbone, "forward_units"):
+    if augment != "none" or not freeze_bn or not isinstance(model.backbone, SplittableBackbone):
         return 0
     n = len(model.backbone.units)
     firsts = [min(t) if (t := strategy.trained_units(e)) else n for e in range(epochs)]

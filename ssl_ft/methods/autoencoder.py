@@ -58,7 +58,7 @@ class AutoencoderConfig(RestorativeConfig):
 @register
 class Autoencoder(RestorativeMethod):
     """(Denoising) autoencoder (Hinton & Salakhutdinov 2006; Vincent et al. 2008) on any
-    :class:`~ssl_ft.models.Backbone`."""
+    :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "autoencoder"
     Config = AutoencoderConfig

@@ -39,7 +39,7 @@ from torch import Tensor
 from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_int, check_number, distributed, embedding_std
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["BarlowTwins", "BarlowTwinsConfig"]
 
@@ -60,13 +60,13 @@ class BarlowTwinsConfig:
 
 @register
 class BarlowTwins(SSLMethod):
-    """Barlow Twins (Zbontar et al., ICML 2021) on any :class:`~ssl_ft.models.Backbone`."""
+    """Barlow Twins (Zbontar et al., ICML 2021) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "barlow_twins"
     family = "contrastive"  # joint-embedding, as Khan & Fang group MoCo/SimCLR-like methods
     Config = BarlowTwinsConfig
 
-    def __init__(self, backbone: Backbone, cfg: BarlowTwinsConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: BarlowTwinsConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.projection_head = BarlowTwinsProjectionHead(backbone.num_features, cfg.hidden_dim,
                                                          cfg.out_dim)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ssl_ft.errors import UserError
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["METHODS", "SSLMethod", "get_method", "register"]
 
@@ -39,7 +39,7 @@ class SSLMethod(nn.Module):
 
     def __init__(
         self,
-        backbone: Backbone,
+        backbone: DepthBackbone,
         cfg: Any,
         *,
         augment: Callable[[torch.Tensor], torch.Tensor],

@@ -48,7 +48,7 @@ from torch import Tensor
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_bool, check_int, check_number, embedding_std
 from ssl_ft.methods.momentum import MomentumEncoderMixin
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["BYOL", "BYOLConfig"]
 
@@ -72,13 +72,13 @@ class BYOLConfig:
 
 @register
 class BYOL(MomentumEncoderMixin, SSLMethod):
-    """BYOL (Grill et al., NeurIPS 2020) on any :class:`~ssl_ft.models.Backbone`."""
+    """BYOL (Grill et al., NeurIPS 2020) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "byol"
     family = "contrastive"  # joint-embedding, as Khan & Fang group MoCo/SimCLR-like methods
     Config = BYOLConfig
 
-    def __init__(self, backbone: Backbone, cfg: BYOLConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: BYOLConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.projection_head = BYOLProjectionHead(backbone.num_features, cfg.hidden_dim,
                                                   cfg.out_dim)

@@ -1,6 +1,6 @@
 """The decoder shared by the restorative methods, and their common base class.
 
-:class:`Decoder` turns the feature maps of :meth:`Backbone.forward_intermediates` back into an
+:class:`Decoder` turns the feature maps of :meth:`DepthBackbone.forward_intermediates` back into an
 image of the input size (sigmoid output in [0, 1]). It works for every backbone of
 :mod:`ssl_ft.models` (ResNet, DenseNet, VGG; 1 or 3 channels; standard or low-resolution stem;
 any input size, odd ones included): at construction it probes the backbone once with a 64 px
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ssl_ft.methods.base import SSLMethod
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = [
     "Decoder", "RestorativeConfig", "RestorativeMethod", "check_prob", "eval_mode", "unit_strides",
@@ -65,7 +65,7 @@ def _conv_bn_relu(cin: int, cout: int, k: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def unit_strides(backbone: Backbone) -> list[int]:
+def unit_strides(backbone: DepthBackbone) -> list[int]:
     """Output stride of every unit, from one 64 px probe in eval mode (no state changes)."""
     was_training = backbone.training
     backbone.eval()
@@ -95,7 +95,7 @@ class Decoder(nn.Module):
         >>> img = dec(backbone.forward_intermediates(x, dec.indices), x.shape[-2:])
     """
 
-    def __init__(self, backbone: Backbone, *, skip: bool,
+    def __init__(self, backbone: DepthBackbone, *, skip: bool,
                  channels: Sequence[int] = (256, 128, 64, 32)) -> None:
         super().__init__()
         if not channels or any(int(c) < 1 for c in channels):
@@ -202,7 +202,7 @@ class RestorativeMethod(SSLMethod):
 
     family = "restorative"
 
-    def __init__(self, backbone: Backbone, cfg: RestorativeConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: RestorativeConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.decoder = Decoder(backbone, skip=cfg.skip, channels=cfg.decoder_channels)
 

@@ -66,7 +66,7 @@ from ssl_ft.augment import BatchAugment
 from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_bool, check_int, check_number, embedding_std
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["DINO", "DINOConfig"]
 
@@ -127,13 +127,13 @@ def default_local_size(image_size: int) -> int:
 
 @register
 class DINO(SSLMethod):
-    """DINO (Caron et al., ICCV 2021) on any :class:`~ssl_ft.models.Backbone`."""
+    """DINO (Caron et al., ICCV 2021) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "dino"
     family = "contrastive"  # joint-embedding, as Khan & Fang group MoCo/SimCLR-like methods
     Config = DINOConfig
 
-    def __init__(self, backbone: Backbone, cfg: DINOConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: DINOConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.projection_head = _head(cfg, backbone.num_features)
         self.backbone_momentum = copy.deepcopy(backbone)

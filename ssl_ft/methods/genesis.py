@@ -89,7 +89,7 @@ def genesis_corrupt(x: Tensor, cfg: GenesisConfig,
 @register
 class Genesis(RestorativeMethod):
     """Models Genesis (Zhou et al., MICCAI 2019; MedIA 2021) on any
-    :class:`~ssl_ft.models.Backbone`."""
+    :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "genesis"
     Config = GenesisConfig

@@ -94,7 +94,7 @@ class InpaintingConfig(RestorativeConfig):
 @register
 class Inpainting(RestorativeMethod):
     """Context Encoder inpainting (Pathak et al., CVPR 2016) or context restoration (Chen et al.,
-    MedIA 2019) on any :class:`~ssl_ft.models.Backbone`."""
+    MedIA 2019) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "inpainting"
     Config = InpaintingConfig

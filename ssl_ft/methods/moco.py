@@ -68,7 +68,7 @@ from torch import Tensor
 
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.momentum import MomentumEncoderMixin
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["MoCo", "MoCoConfig"]
 
@@ -109,13 +109,13 @@ def _distributed() -> bool:
 @register
 class MoCo(MomentumEncoderMixin, SSLMethod):
     """MoCo v2 (He et al., CVPR 2020; Chen et al., arXiv 2003.04297) on any
-    :class:`~ssl_ft.models.Backbone`."""
+    :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "moco"
     family = "contrastive"
     Config = MoCoConfig
 
-    def __init__(self, backbone: Backbone, cfg: MoCoConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: MoCoConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.projection_head = MoCoProjectionHead(backbone.num_features, cfg.hidden_dim,
                                                   cfg.out_dim)

@@ -41,7 +41,7 @@ class SimCLRConfig:
 
 @register
 class SimCLR(SSLMethod):
-    """SimCLR (Chen et al., ICML 2020) on any :class:`~ssl_ft.models.Backbone`."""
+    """SimCLR (Chen et al., ICML 2020) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "simclr"
     family = "contrastive"

@@ -44,7 +44,7 @@ from torch import Tensor
 from ssl_ft.errors import UserError
 from ssl_ft.methods.base import SSLMethod, register
 from ssl_ft.methods.joint import check_int, check_number, distributed, embedding_std
-from ssl_ft.models import Backbone
+from ssl_ft.models import DepthBackbone
 
 __all__ = ["VICReg", "VICRegConfig"]
 
@@ -76,13 +76,13 @@ class VICRegConfig:
 
 @register
 class VICReg(SSLMethod):
-    """VICReg (Bardes et al., ICLR 2022) on any :class:`~ssl_ft.models.Backbone`."""
+    """VICReg (Bardes et al., ICLR 2022) on any :class:`~ssl_ft.models.DepthBackbone`."""
 
     name = "vicreg"
     family = "contrastive"  # joint-embedding, as Khan & Fang group MoCo/SimCLR-like methods
     Config = VICRegConfig
 
-    def __init__(self, backbone: Backbone, cfg: VICRegConfig, **kwargs: Any) -> None:
+    def __init__(self, backbone: DepthBackbone, cfg: VICRegConfig, **kwargs: Any) -> None:
         super().__init__(backbone, cfg, **kwargs)
         self.projection_head = VICRegProjectionHead(backbone.num_features, cfg.hidden_dim,
                                                     cfg.out_dim, cfg.num_layers)

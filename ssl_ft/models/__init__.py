@@ -1,10 +1,10 @@
-"""Backbones (torchvision, with torchvision's parameter names) and their depth maps."""
+"""Backbones (torchvision, with torchvision's parameter names; timm), the contract they meet
+(:mod:`ssl_ft.models.contract`) and their depth maps."""
 
 from ssl_ft.models.backbones import (
     ARCHS,
     STEMS,
     Backbone,
-    UnitSpec,
     check_input_size,
     create_backbone,
     family_of,
@@ -12,6 +12,7 @@ from ssl_ft.models.backbones import (
     load_backbone_weights,
     torchvision_model,
 )
+from ssl_ft.models.contract import DepthBackbone, SplittableBackbone, UnitSpec, missing_members
 from ssl_ft.models.depth import (
     DEFAULT_RULE,
     RULES,
@@ -28,8 +29,10 @@ __all__ = [
     "RULES",
     "STEMS",
     "Backbone",
+    "DepthBackbone",
     "DepthMap",
     "Selection",
+    "SplittableBackbone",
     "Unit",
     "UnitSpec",
     "check_input_size",
@@ -37,6 +40,7 @@ __all__ = [
     "family_of",
     "list_archs",
     "load_backbone_weights",
+    "missing_members",
     "parse_layers",
     "parse_percent",
     "torchvision_model",

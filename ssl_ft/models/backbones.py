@@ -40,7 +40,6 @@ import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,6 +47,7 @@ import torchvision
 from torch import nn
 
 from ssl_ft.errors import UserError
+from ssl_ft.models.contract import DepthBackbone, UnitSpec
 
 __all__ = [
     "ARCHS", "MIN_IMAGE_SIZE", "STEMS", "Backbone", "UnitSpec", "create_backbone", "family_of", "list_archs",
@@ -75,16 +75,6 @@ STEMS = ("standard", "midres", "lowres")
 MIN_IMAGE_SIZE = 8
 
 
-@dataclass(frozen=True)
-class UnitSpec:
-    """One unit: a name, the module paths (relative to the backbone) that make it, its stage."""
-
-    name: str
-    modules: tuple[str, ...]
-    stage: int
-    out_channels: int
-
-
 def list_archs() -> list[str]:
     """Names accepted by :func:`create_backbone`."""
     return sorted(ARCHS)
@@ -103,7 +93,8 @@ def family_of(arch: str) -> str:
 
 
 class Backbone(nn.Sequential):
-    """Feature layers of a torchvision model, named as in torchvision, plus its unit list.
+    """Feature layers of a torchvision model, named as in torchvision, plus its unit list; it
+    meets :class:`~ssl_ft.models.SplittableBackbone` (the backbone contract).
 
     ``forward_features(x)`` returns the feature map after the last kept unit; ``forward(x)``
     returns it globally average-pooled, shape ``(N, num_features)``.
@@ -190,6 +181,10 @@ class Backbone(nn.Sequential):
             out.extend((f"{path}.{n}", p) for n, p in module.named_parameters())
         return out
 
+    def unit_modules(self, unit: UnitSpec) -> list[nn.Module]:
+        """The modules that make one unit."""
+        return [self.get_submodule(path) for path in unit.modules]
+
     def truncate(self, keep: int) -> Backbone:
         """Drop every unit after the first ``keep`` (in place): their modules leave the model."""
         if not 1 <= keep <= len(self.units):
@@ -205,7 +200,7 @@ class Backbone(nn.Sequential):
         return self
 
 
-def check_input_size(backbone: Backbone, image_size: int) -> None:
+def check_input_size(backbone: DepthBackbone, image_size: int) -> None:
     """Raise :class:`UserError` if ``image_size`` is too small for ``backbone``'s pooling, or
     smaller than :data:`MIN_IMAGE_SIZE` (a 1-7 px image runs through any backbone, on padding)."""
     if image_size < MIN_IMAGE_SIZE:

@@ -2,8 +2,8 @@
 
 Khan & Fang ("Revisiting Fine-Tuning Strategies for Self-supervised Medical Imaging Analysis",
 arXiv 2307.10915) fine-tune quarters of a network (0-25, 25-50, 50-75, 75-100 %) and truncate it
-(keep 0-75 %). To make such percentages exact, every unit of a :class:`~ssl_ft.models.Backbone`
-gets a depth position in (0, 100] by one of three rules:
+(keep 0-75 %). To make such percentages exact, every unit of a backbone
+(:class:`~ssl_ft.models.DepthBackbone`) gets a depth position in (0, 100] by one of three rules:
 
 ``stage`` (default for ResNet and DenseNet)
     The network's stages split the depth evenly (4 stages: 25 % each; VGG: 5 max-pool stages,
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ssl_ft.errors import UserError
-from ssl_ft.models.backbones import Backbone, UnitSpec
+from ssl_ft.models.contract import DepthBackbone, UnitSpec, missing_members
 
 __all__ = [
     "DEFAULT_RULE",
@@ -108,8 +108,12 @@ class DepthMap:
     units: tuple[Unit, ...]
 
     @classmethod
-    def from_backbone(cls, backbone: Backbone, rule: str | None = None) -> DepthMap:
-        """Depth map of a (not yet truncated) backbone; ``rule=None`` takes the default."""
+    def from_backbone(cls, backbone: DepthBackbone, rule: str | None = None) -> DepthMap:
+        """Depth map of a (not yet truncated) backbone; ``rule=None`` takes the default. A
+        ``TypeError`` names what an object that does not meet :class:`DepthBackbone` lacks."""
+        if not isinstance(backbone, DepthBackbone):
+            raise TypeError(f"{type(backbone).__name__} is not a DepthBackbone: it lacks "
+                            f"{', '.join(missing_members(backbone))}")
         if rule is None:
             rule = DEFAULT_RULE[backbone.family]
         if rule not in RULES:
@@ -197,7 +201,7 @@ class Selection:
     def layers_str(self) -> str:
         return f"{_pct(self.layers[0])}-{_pct(self.layers[1])}"
 
-    def apply(self, backbone: Backbone) -> Backbone:
+    def apply(self, backbone: DepthBackbone) -> DepthBackbone:
         """Truncate ``backbone`` in place and set ``requires_grad`` per unit."""
         if [u.name for u in backbone.units] != [u.name for u in self.depth_map.units]:
             raise ValueError("the backbone was already truncated or is another architecture")

@@ -25,13 +25,15 @@ import torch
 from torch import nn
 
 from ssl_ft.errors import UserError
-from ssl_ft.models.backbones import UnitSpec
+from ssl_ft.models.contract import UnitSpec
 
 __all__ = ["TimmBackbone", "create_timm_backbone"]
 
 
 class TimmBackbone(nn.Module):
-    """A timm model behind the :class:`~ssl_ft.models.Backbone` interface."""
+    """A timm model as a :class:`~ssl_ft.models.DepthBackbone` (the backbone contract). It has
+    no ``forward_units`` (timm's features API starts at the input), so it is not a
+    :class:`~ssl_ft.models.SplittableBackbone`."""
 
     family = "timm"
 
@@ -63,6 +65,11 @@ class TimmBackbone(nn.Module):
     def unit_parameters(self, unit: UnitSpec) -> list[tuple[str, nn.Parameter]]:
         params = dict(self.model.named_parameters())
         return [(name, params[name]) for name in unit.modules]
+
+    def unit_modules(self, unit: UnitSpec) -> list[nn.Module]:
+        """The modules that own the unit's parameters (their BatchNorm statistics included)."""
+        owners = {name.rpartition(".")[0] for name in unit.modules}
+        return [self.model.get_submodule(path) for path in sorted(owners)]
 
     def forward_intermediates(self, x: torch.Tensor,
                               indices: Sequence[int] | None = None) -> list[torch.Tensor]:
