@@ -21,10 +21,12 @@ import sys
 from collections.abc import Sequence
 
 from ssl_ft.cli import ArgumentParser, add_recipe_flags, recipe_and_overrides, run
+from ssl_ft.ensemble.config import FUSION_STRATEGIES
 
 LISTS = ("checkpoints", "depths", "layers")  # recipe keys of the repeatable flags below
 FLAGS: dict[str, dict] = {
-    "--strategy": dict(choices=["lp", "ft", "lp-ft"], help="lp (frozen, default), ft, lp-ft"),
+    "--strategy": dict(choices=FUSION_STRATEGIES, help="lp (frozen backbones, the default), ft "
+                                                       "or lp-ft (fine-tune their --layers)"),
     "--arch": dict(help="architecture for none/imagenet/plain state dicts"),
     "--data": dict(help="MedMNIST name, .npz name in the data root, .npz path or image folder"),
     "--data-root": dict(help="where data names are looked up (default $SSL_FT_DATA)"),

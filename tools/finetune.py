@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from ssl_ft.cli import ArgumentParser, add_recipe_flags, recipe_and_overrides, run
+from ssl_ft.finetune.strategies import STRATEGIES
+from ssl_ft.models import RULES, STEMS
 
 # flag -> recipe key; every flag is also a recipe key (dashes become underscores)
 FLAGS: dict[str, dict] = {
@@ -29,7 +31,7 @@ FLAGS: dict[str, dict] = {
                               "'imagenet' or 'none' (random init: the from-scratch baseline)"),
     "--arch": dict(help="architecture (needed with none/imagenet/plain state dicts; "
                         "checked against an ssl_ft checkpoint)"),
-    "--stem": dict(choices=["standard", "midres", "lowres"], help="stem (default: the checkpoint's)"),
+    "--stem": dict(choices=STEMS, help="stem (default: the checkpoint's)"),
     "--data": dict(help="MedMNIST name, .npz name in the data root, .npz path or image folder"),
     "--data-root": dict(help="where data names are looked up (default $SSL_FT_DATA)"),
     "--size": dict(type=int, help="resize images to SIZE x SIZE"),
@@ -39,10 +41,9 @@ FLAGS: dict[str, dict] = {
                                                "and val splits first (docs/auto.md)"),
     "--truncate": dict(metavar="P|auto", help="keep the units at depth <= P %% (default 100); "
                                               "auto: chosen"),
-    "--depth-unit": dict(choices=["stage", "block", "param"],
+    "--depth-unit": dict(choices=RULES,
                          help="how units get depths (default: per architecture)"),
-    "--strategy": dict(help="ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn "
-                            "discriminative (default ft)"),
+    "--strategy": dict(help=f"{' '.join(STRATEGIES)} (default ft; docs/finetuning.md)"),
     "--epochs": dict(type=int, help="epochs of optimiser steps (lp-ft: after its probe; lp: "
                                     "none, the head is the converged probe)"),
     "--batch-size": dict(type=int),

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from ssl_ft.cli import ArgumentParser, run
+from ssl_ft.models import STEMS
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -20,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="an ssl_ft checkpoint, a plain or wrapped state dict (.pt) or a "
                         ".safetensors file (these two need --arch), or 'none' for a random init")
     p.add_argument("--arch", help="backbone (required with --checkpoint none)")
-    p.add_argument("--stem", choices=["standard", "midres", "lowres"], default=None)
+    p.add_argument("--stem", choices=STEMS, default=None)
     p.add_argument("--data", required=True, help="dataset name, .npz path or image folder")
     p.add_argument("--data-root", default=None)
     p.add_argument("--truncate", type=float, default=100, help="probe the output at this depth %%")

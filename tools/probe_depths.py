@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from ssl_ft.cli import ArgumentParser, run
+from ssl_ft.models import RULES, STEMS
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="an ssl_ft checkpoint or state dict, 'imagenet', or 'none' for a random "
                         "init (repeat to compare several on one plot)")
     p.add_argument("--arch", help="backbone for none/imagenet/plain state dicts")
-    p.add_argument("--stem", choices=["standard", "lowres"], default=None)
+    p.add_argument("--stem", choices=STEMS, default=None)
     p.add_argument("--label", action="append", default=[],
                    help="legend label per checkpoint (default: its method and family)")
     p.add_argument("--data", required=True, help="dataset name, .npz path or image folder")
@@ -42,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "else the data's)")
     p.add_argument("--depths", type=float, nargs="+", metavar="P",
                    help="probe only at these depths %% (default: after every unit)")
-    p.add_argument("--depth-unit", choices=["stage", "block", "param"], default=None,
+    p.add_argument("--depth-unit", choices=RULES, default=None,
                    help="how units get depths (default: per architecture)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/probe_depths", metavar="DIR")

@@ -9,9 +9,9 @@
 See ``docs/fusion.md``.
 """
 
-from ssl_ft.ensemble.config import EnsembleConfig
+from ssl_ft.ensemble.config import FUSION_STRATEGIES, EnsembleConfig
 from ssl_ft.ensemble.engine import FusionNet, ensemble, load_ensemble_recipe
 from ssl_ft.ensemble.members import DEFAULT_DEPTH, Member, block_normalize, load_members
 
-__all__ = ["DEFAULT_DEPTH", "EnsembleConfig", "FusionNet", "Member", "block_normalize",
+__all__ = ["DEFAULT_DEPTH", "FUSION_STRATEGIES", "EnsembleConfig", "FusionNet", "Member", "block_normalize",
            "ensemble", "load_ensemble_recipe", "load_members"]

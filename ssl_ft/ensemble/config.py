@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["EnsembleConfig"]
+__all__ = ["FUSION_STRATEGIES", "EnsembleConfig"]
+
+#: The fine-tuning strategies fusion implements, by their names in the strategy registry
+#: (:data:`ssl_ft.finetune.STRATEGIES`; ``tests/test_contracts.py`` holds them to it): ``lp``
+#: (frozen backbones, a logistic-regression head), ``ft`` and ``lp-ft`` (``ft`` from that head).
+FUSION_STRATEGIES: tuple[str, ...] = ("lp", "ft", "lp-ft")
 
 
 @dataclass
@@ -17,7 +22,7 @@ class EnsembleConfig:
     #                       default: contrastive 50 (end of the 2nd quarter), restorative 75,
     #                       others 100; auto: the quarter end whose probe is best on val
     layers: list[str] = field(default_factory=list)       # per model, fine-tuned jointly (ft)
-    strategy: Literal["lp", "ft", "lp-ft"] = "lp"
+    strategy: Literal[FUSION_STRATEGIES] = "lp"  # one of FUSION_STRATEGIES
     arch: str | None = None        # for the none/imagenet/plain-state-dict models
     data: str = "pneumoniamnist"
     data_root: str | None = None

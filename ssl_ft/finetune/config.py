@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssl_ft.models import RULES, STEMS
+
 __all__ = ["FinetuneConfig"]
 
 
@@ -22,7 +24,7 @@ class FinetuneConfig:
     checkpoint: str = "none"       # ssl_ft checkpoint | plain torchvision/timm state dict |
     #                                imagenet | none (random init: the from-scratch baseline)
     arch: str | None = None        # needed with none/imagenet/plain state dicts; checked otherwise
-    stem: Literal["standard", "midres", "lowres"] | None = None  # default: the checkpoint's, else standard
+    stem: Literal[STEMS] | None = None  # default: the checkpoint's, else standard
     # data
     data: str = "pneumoniamnist"   # MedMNIST name, .npz name in the data root, .npz path, folder
     data_root: str | None = None
@@ -38,9 +40,8 @@ class FinetuneConfig:
     #                                chosen from cheap evidence first (ssl_ft.auto_layers)
     truncate: float | str = 100    # keep the units at depth <= P, drop the rest; or auto
     auto_args: dict[str, Any] = field(default_factory=dict)  # the chooser's options (AutoConfig)
-    depth_unit: Literal["stage", "block", "param"] | None = None  # default: per architecture
-    strategy: str = "ft"           # ft lp lp-ft gradual-lf gradual-fl l1-sp l2-sp auto-rgn
-    #                                discriminative (see ssl_ft.finetune.strategies)
+    depth_unit: Literal[RULES] | None = None  # default: per architecture
+    strategy: str = "ft"           # a name in the registry ssl_ft.finetune.STRATEGIES
     strategy_args: dict[str, Any] = field(default_factory=dict)
     freeze_bn: bool = True         # frozen units keep their BatchNorm statistics
     # optimisation

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssl_ft.augment import AugmentConfig
+from ssl_ft.models import STEMS
 
 __all__ = ["DataConfig", "EvalConfig", "ModelConfig", "PretrainConfig", "SourceConfig",
            "TrainConfig"]
@@ -43,7 +44,7 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "resnet18"
-    stem: Literal["standard", "midres", "lowres"] = "standard"
+    stem: Literal[STEMS] = "standard"
     weights: str = "none"          # none | imagenet | path to a checkpoint or state dict
 
 
