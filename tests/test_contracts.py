@@ -1,19 +1,38 @@
-"""Contract tests, parametrised over the registries (in the manner of timm's tests/test_models.py):
-every architecture meets the backbone contract (ssl_ft.models.contract) and its depth map's unit
-boundaries are consistent. A new architecture is covered the day it is added to ``ARCHS``.
+"""Contract tests, parametrised over the registries (in the manner of timm's tests/test_models.py),
+so that a new architecture, SSL method or fine-tuning strategy is covered the day it registers:
 
-Tiny inputs (1 channel, 32 px), random weights, eval mode: seconds per architecture.
+* every architecture meets the backbone contract (:mod:`ssl_ft.models.contract`) and the unit
+  boundaries of its depth map are consistent;
+* every SSL method builds from a recipe, takes training steps on tiny data without a NaN, and its
+  state round-trips through a checkpoint to the same next loss;
+* every fine-tuning strategy's optimiser groups hold exactly the parameters it trains, and one
+  step moves those and nothing else;
+* the names in the docs, the tools and fusion are the registries'.
+
+Tiny inputs (1 channel, 28-32 px), random weights: seconds per case.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
+import ssl_ft.finetune.engine as engine
+from ssl_ft.checkpoint import load_checkpoint, save_checkpoint
+from ssl_ft.config import from_dict
+from ssl_ft.data import DataInfo
+from ssl_ft.ensemble import DEFAULT_DEPTH, FUSION_STRATEGIES
+from ssl_ft.finetune import STRATEGIES, FinetuneConfig, FinetuneModel, Strategy, get_strategy
+from ssl_ft.finetune.steps import make_measurer, set_trainable, train_mode
+from ssl_ft.finite import check_state
+from ssl_ft.methods import METHODS, SSLMethod
 from ssl_ft.models import (
     DEFAULT_RULE,
     RULES,
@@ -25,6 +44,15 @@ from ssl_ft.models import (
     list_archs,
     missing_members,
 )
+from ssl_ft.pretrain import (
+    PretrainConfig,
+    TrainConfig,
+    build_method,
+    load_method_state,
+    method_state,
+    train_one_epoch,
+)
+from tests.conftest import REPO, grey_meta
 
 #: the timm adapter, on two small models with the features API (one with BatchNorm)
 TIMM = ["timm:resnet10t", "timm:convnext_atto"]
@@ -138,3 +166,178 @@ def test_truncation_keeps_exactly_the_kept_units(arch):
             out = bb(_x())
         assert out.shape == (2, bb.num_features) == (2, bb.units[-1].out_channels)
         assert isinstance(bb, DepthBackbone)
+
+
+# ---- SSL methods ---------------------------------------------------------------------------
+
+def _info(size: int = 28) -> DataInfo:
+    return DataInfo("tiny", "npz", "tiny.npz", "binary-class", ("a", "b"), 1, size, 255,
+                    (0.5,), (0.25,), "0" * 64)
+
+
+def _method(name: str, seed: int) -> SSLMethod:
+    torch.manual_seed(seed)
+    cfg = PretrainConfig(method=name, train=TrainConfig(lr=0.05, batch_size=8, threads=1))
+    return build_method(cfg, _info())
+
+
+def _images(n: int = 16, size: int = 28) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_without_nan_and_round_trips_through_a_checkpoint(name, tmp_path):
+    cls = METHODS[name]
+    assert cls.name == name and cls.family in DEFAULT_DEPTH  # a family fusion has a depth for
+    method = _method(name, seed=0)
+    assert isinstance(method.backbone, DepthBackbone)
+    start = {k: v.clone() for k, v in method.state_dict().items()}
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.05,
+                          momentum=0.9)
+    loader = DataLoader(TensorDataset(_images()), batch_size=8)
+    step, stats = train_one_epoch(method, method, loader, opt, epoch=0, step=0, total_steps=4,
+                                  lr_fn=lambda s: 0.05, device=torch.device("cpu"),
+                                  precision="fp32", max_value=255, writer=None,
+                                  show_progress=False)
+    assert step == 2 and math.isfinite(stats["loss"])
+    check_state(method, "the contract test")  # every parameter and buffer finite
+    moved = [k for k, v in method.backbone.state_dict().items()
+             if not torch.equal(v, start[f"backbone.{k}"])]
+    assert moved, "two steps left the backbone unchanged"
+    meta = {**grey_meta(name, cls.family), "normalization": {"mean": [0.5], "std": [0.25],
+                                                             "max_value": 255}}
+    save_checkpoint(tmp_path / "last.pt", method.backbone.state_dict(), meta,
+                    extra=method_state(method))
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    again = _method(name, seed=1)  # other random weights, then the checkpoint's state
+    load_method_state(again, ckpt.backbone, ckpt.extra)
+    a, b = method.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    extra_a, extra_b = method.extra_state(), again.extra_state()
+    assert extra_a.keys() == extra_b.keys()
+    assert all(torch.equal(extra_a[k], extra_b[k]) for k in extra_a)
+    x = _images(8).float() / 255
+    losses = []
+    for m in (method, again):  # the same next loss, with the same random draws
+        torch.manual_seed(7)
+        m.train()
+        losses.append(m(x)["loss"].item())
+    assert losses[0] == losses[1]
+
+
+# ---- fine-tuning strategies ----------------------------------------------------------------
+
+SELECTED = [3, 4, 5, 6, 7]  # of resnet18's 9 units
+
+
+def _strategy(name: str, epochs: int = 4) -> Strategy:
+    torch.manual_seed(0)
+    model = FinetuneModel(create_backbone("resnet18", in_chans=1), 2, (0.5,), (0.25,))
+    cls = get_strategy(name)
+    selected = [] if name == "lp" else SELECTED
+    return cls(model, selected, epochs, from_dict(cls.Config, {}))
+
+
+def _ids(params) -> set[int]:
+    return {id(p) for p in params}
+
+
+def _unit_params(s: Strategy, units) -> set[int]:
+    bb = s.model.backbone
+    return _ids(p for i in units for _, p in bb.unit_parameters(bb.units[i]))
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_optimiser_groups_hold_exactly_what_it_trains(name):
+    s = _strategy(name)
+    assert type(s).name == name
+    groups = s.param_groups(1e-4)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)), "a parameter in two groups"
+    assert all(g["params"] and g["lr_scale"] > 0 and "weight_decay" in g and g["name"]
+               for g in groups)
+    epochs = range(s.train_epochs())
+    trained = sorted({i for e in epochs for i in s.trained_units(e)})
+    assert set(trained) <= set(s.selected)
+    if name == "lp":
+        assert not trained and s.fits_probe and s.train_epochs() == 0
+    else:  # every selected unit trains in some epoch
+        assert trained == SELECTED and s.train_epochs() == 4
+    assert set(ids) == _unit_params(s, trained) | _ids(s.model.head.parameters())
+    phases = s.phases()
+    assert phases[0][0] == 0 and phases[-1][1] == s.epochs
+    assert all(a[1] == b[0] for a, b in zip(phases, phases[1:], strict=False))
+    assert all(isinstance(s.phase_name(e), str) for e in epochs)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_strategy_step_moves_its_units_and_nothing_else(name):
+    s = _strategy(name)
+    model = s.model
+    cfg = FinetuneConfig(optimizer="sgd", lr=0.1, weight_decay=0.0)
+    opt = engine._optimizer(cfg, s)
+    epoch = next((e for e in range(s.train_epochs()) if s.trained_units(e)), 0)
+    trained = s.trained_units(epoch)
+    set_trainable(model, trained)
+    train_mode(model, [] if s.keeps_bn_statistics() else trained, freeze_bn=True)
+    x = _images(16).float() / 255
+    y = torch.arange(16) % 2
+    measure = make_measurer(model, _images(16), y, nn.CrossEntropyLoss(), 0, epoch, 8, 255,
+                            torch.device("cpu"), "fp32")
+    logs = s.on_epoch_start(epoch, opt, measure)
+    assert all(math.isfinite(v) for v in logs.values())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for group in opt.param_groups:
+        group["lr"] = 0.1 * group["lr_scale"]
+    loss = nn.functional.cross_entropy(model(x), y)
+    penalty = s.penalty()
+    opt.zero_grad(set_to_none=True)
+    (loss + penalty if penalty is not None else loss).backward()
+    opt.step()
+    check_state(model, "the contract test")
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    names = {n for i in trained for n, _ in model.backbone.unit_parameters(model.backbone.units[i])}
+    assert {"head.weight", "head.bias"} & changed
+    backbone = {k.removeprefix("backbone.") for k in changed if k.startswith("backbone.")}
+    params = {k for k in backbone if not k.endswith(("running_mean", "running_var",
+                                                     "num_batches_tracked"))}
+    assert params <= names, sorted(params - names)[:3]  # frozen parameters stay
+    assert (params == set()) == (not trained)  # trained units move
+    stats = {k.rpartition(".")[0] for k in backbone - params}  # BatchNorm statistics
+    if s.keeps_bn_statistics():
+        assert not stats
+    assert stats <= {n.rpartition(".")[0] for n in names}, stats  # of trained units only
+
+
+# ---- names from the registries -------------------------------------------------------------
+
+def _first_column(path: Path, header: str) -> list[str]:
+    """The backticked first cells of the markdown table whose header row starts ``header``."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    names = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        names.append(line.split("|")[1].strip().strip("`"))
+    return names
+
+
+def test_docs_tables_list_exactly_the_registered_methods_and_strategies():
+    methods = _first_column(REPO / "docs" / "pretraining.md", "| `method` |")
+    assert sorted(methods) == sorted(METHODS) and len(set(methods)) == len(methods)
+    strategies = _first_column(REPO / "docs" / "finetuning.md", "| `--strategy` |")
+    assert sorted(strategies) == sorted(STRATEGIES)
+    readme = (REPO / "README.md").read_text()
+    listed = readme.split("strategies (`", 1)[1].split("`", 1)[0].split()
+    assert sorted(listed) == sorted(STRATEGIES)
+
+
+def test_fusion_strategies_and_tool_flags_are_registry_names(tool):
+    assert set(FUSION_STRATEGIES) <= set(STRATEGIES)
+    flags = tool("ensemble").FLAGS["--strategy"]
+    assert list(flags["choices"]) == list(FUSION_STRATEGIES)
+    text = tool("finetune").FLAGS["--strategy"]["help"]
+    assert all(f" {n} " in f" {text} " for n in STRATEGIES)

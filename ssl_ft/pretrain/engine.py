@@ -65,8 +65,8 @@ from ssl_ft.runtime import (
 )
 
 __all__ = [
-    "build_method", "evaluate", "load_pretrain_recipe", "method_config", "pretrain",
-    "resolved_recipe", "train_one_epoch",
+    "build_method", "evaluate", "load_method_state", "load_pretrain_recipe", "method_config",
+    "method_state", "pretrain", "resolved_recipe", "train_one_epoch",
 ]
 
 
@@ -211,6 +211,22 @@ def _head_state(method: SSLMethod) -> dict[str, torch.Tensor]:
     return {k: v for k, v in method.state_dict().items() if not k.startswith("backbone.")}
 
 
+def method_state(method: SSLMethod) -> dict[str, Any]:
+    """What ``last.pt`` keeps of a method besides its backbone (``extra`` entries): the heads,
+    momentum networks and buffers (``method_state``) and :meth:`~SSLMethod.extra_state`
+    (``method_extra``, e.g. a MoCo queue)."""
+    return {"method_state": _head_state(method), "method_extra": method.extra_state()}
+
+
+def load_method_state(method: SSLMethod, backbone: dict[str, torch.Tensor],
+                      extra: dict[str, Any]) -> None:
+    """Restore a method from a checkpoint's backbone weights and :func:`method_state`."""
+    state = dict(extra["method_state"])
+    state.update({f"backbone.{k}": v for k, v in backbone.items()})
+    method.load_state_dict(state)
+    method.load_extra_state(extra.get("method_extra", {}))
+
+
 def _check_resumable(ckpt_meta: dict, cfg: PretrainConfig, path: Path,
                      info: DataInfo | None = None) -> None:
     """The whole resolved recipe must be the one the run was made with (see ssl_ft.resume)."""
@@ -269,10 +285,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         _check_resumable(ckpt.meta, cfg, last, info)
-        state = dict(ckpt.extra["method_state"])
-        state.update({f"backbone.{k}": v for k, v in ckpt.backbone.items()})
-        method.load_state_dict(state)
-        method.load_extra_state(ckpt.extra.get("method_extra", {}))
+        load_method_state(method, ckpt.backbone, ckpt.extra)
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
         history = [json.loads(h) for h in ckpt.extra.get("history", [])]
@@ -364,15 +377,14 @@ def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim
     print(f"epoch {epoch}/{cfg.train.epochs}  {shown}", file=sys.stderr)
     meta = _meta(cfg, method, data, epoch, precision)
     backbone = method.backbone.state_dict()
-    heads = _head_state(method)
+    state = method_state(method)
     seen = {"seen_codes": torch.from_numpy(data.pool.codes)}
     save_checkpoint(out / "last.pt", backbone, meta, extra={
-        "method_state": heads, "method_extra": method.extra_state(),
-        "optimizer": optimizer.state_dict(), "step": step,
+        **state, "optimizer": optimizer.state_dict(), "step": step,
         "history": [json.dumps(h) for h in history], **seen,
     })
     _derived_files(cfg, method, meta, out, epoch, history, only_missing=False,
-                   extra={"method_state": heads, **seen})
+                   extra={"method_state": state["method_state"], **seen})
 
 
 def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path, epoch: int,
