@@ -14,7 +14,8 @@ the three loops (:mod:`ssl_ft.pretrain.engine`, :mod:`ssl_ft.finetune.engine`,
   checks, fp16 loss scaling, a hook before the step), :func:`ddp`;
 * model selection: :func:`val_score` (validation AUC, or ACC where AUC is undefined);
 * the run folder: :class:`RunLog` (``recipe.yaml``, ``metrics.jsonl``, TensorBoard in ``tb/``
-  and the per-epoch line on stderr), :func:`refuse_overwrite`, :func:`encode_history` /
+  and the per-epoch line on stderr; a failed write, a full disk included, is one line naming
+  the file, :func:`ssl_ft.errors.writing`), :func:`refuse_overwrite`, :func:`encode_history` /
   :func:`decode_history` (the per-epoch rows stored in ``last.pt``), :func:`progress_bar`.
 
 Example (the skeleton of every loop)::
@@ -47,10 +48,10 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 from tqdm import tqdm
 
-from ssl_ft.errors import UserError
+from ssl_ft.errors import UserError, writing
 from ssl_ft.finite import check_gradients, check_loss
 from ssl_ft.resume import rewrite_jsonl
-from ssl_ft.runtime import Dist, make_run_folder, seed_everything
+from ssl_ft.runtime import Dist, make_run_folder, seed_everything, summary_writer
 
 __all__ = [
     "OPTIMIZERS", "RunLog", "build_optimizer", "ddp", "decode_history", "encode_history",
@@ -230,15 +231,15 @@ class RunLog:
     def __init__(self, out: str | os.PathLike, recipe: Mapping[str, Any],
                  history: Sequence[Mapping[str, Any]] = ()) -> None:
         self.out = make_run_folder(out)
-        (self.out / "recipe.yaml").write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
+        with writing(self.out / "recipe.yaml"):
+            (self.out / "recipe.yaml").write_text(yaml.safe_dump(dict(recipe), sort_keys=False))
         rewrite_jsonl(self.out / "metrics.jsonl", history)
         self.writer: Any = None
 
     def open_tensorboard(self, purge_step: int | None = None) -> None:
-        """Open ``tb/``; ``purge_step``: a resumed run drops the events logged after it."""
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.out / "tb"), purge_step=purge_step)
+        """Open ``tb/`` (:func:`ssl_ft.runtime.summary_writer`: a failed write is one line);
+        ``purge_step``: a resumed run drops the events logged after it."""
+        self.writer = summary_writer(self.out / "tb", purge_step=purge_step)
 
     def epoch(self, stats: Mapping[str, Any], epochs: int) -> None:
         """One epoch's row (``stats["epoch"]`` is its number): its numbers to TensorBoard, the
@@ -246,7 +247,7 @@ class RunLog:
         for key, value in stats.items():
             if isinstance(value, int | float) and key != "epoch" and self.writer is not None:
                 self.writer.add_scalar(f"epoch/{key}", value, stats["epoch"])
-        with (self.out / "metrics.jsonl").open("a") as fh:
+        with writing(self.out / "metrics.jsonl"), (self.out / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps(dict(stats)) + "\n")
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                           for k, v in stats.items() if k != "epoch")

@@ -17,51 +17,57 @@ resumed at an epoch boundary repeats the same batches and augmentations as an un
 
 from __future__ import annotations
 
-import json
-import math
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
 from ssl_ft.augment import BatchAugment
 from ssl_ft.checkpoint import load_checkpoint, save_checkpoint, write_json
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, DataInfo, subsample
 from ssl_ft.data.checks import check_learnable
-from ssl_ft.errors import UserError, writing
+from ssl_ft.errors import UserError
 from ssl_ft.features import extract_features
-from ssl_ft.finite import check_gradients, check_loss, check_state, warn_if_diverging
+from ssl_ft.finite import check_state, warn_if_diverging
 from ssl_ft.methods import SSLMethod, get_method
 from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.data import PretrainData, WeightedEpochSampler, load_pretrain_data
 from ssl_ft.pretrain.evaluate import probe
 from ssl_ft.pretrain.summary import best_epoch, run_summary
-from ssl_ft.resume import (
-    PRETRAIN_MAY_CHANGE,
-    check_same_recipe,
-    checkpoint_complete,
-    rewrite_jsonl,
-)
+from ssl_ft.resume import PRETRAIN_MAY_CHANGE, check_same_recipe, checkpoint_complete
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
     distributed,
     grad_scaler,
-    make_run_folder,
     resolve_precision,
     seed_everything,
     set_threads,
-    summary_writer,
+)
+from ssl_ft.scaffold import (
+    RunLog,
+    build_optimizer,
+    ddp,
+    decode_history,
+    encode_history,
+    epoch_loader,
+    image_tensor,
+    optimizer_step,
+    progress_bar,
+    refuse_overwrite,
+    seed_epoch,
+    set_lr,
+    show_progress,
+    warmup_cosine,
 )
 
 __all__ = [
@@ -95,23 +101,10 @@ def build_method(cfg: PretrainConfig, data: ArraySplits | DataInfo) -> SSLMethod
                image_size=info.image_size)
 
 
-def _lr_at(step: int, total: int, warmup: int, base: float, min_ratio: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
 def _optimizer(cfg: PretrainConfig, method: SSLMethod) -> torch.optim.Optimizer:
-    params = [p for p in method.parameters() if p.requires_grad]
     t = cfg.train
-    if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-    from lightly.utils.lars import LARS
-
-    return LARS(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return build_optimizer(t.optimizer, [p for p in method.parameters() if p.requires_grad],
+                           lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
 
 
 def train_one_epoch(
@@ -125,24 +118,16 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = {}
     n_images, start = 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show_progress,
-               mininterval=2.0, file=sys.stderr)
+    bar = progress_bar(loader, epoch, show_progress)
     for (batch,) in bar:
         lr = lr_fn(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(optimizer, lr)
         x = batch.to(device, non_blocking=True).float() / max_value
         with autocast(device, precision):
             out = model(x)
         loss = out["loss"]
-        check_loss(loss, f"epoch {epoch + 1}, step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # before_step sees true gradients (a no-op but for fp16)
-        check_gradients(method, f"epoch {epoch + 1}, step {step}")
-        method.before_step(step, total_steps)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, optimizer, scaler, method, f"epoch {epoch + 1}, step {step}",
+                       before_step=functools.partial(method.before_step, step, total_steps))
         method.after_step(step, total_steps)
         step += 1
         n_images += len(x)
@@ -243,10 +228,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None
 def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: bool,
               progress: bool | None) -> Path:
     out = Path(cfg.out)
-    last = out / "last.pt"
-    if last.exists() and not resume:
-        raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
-                        "or choose another out=")
+    refuse_overwrite(out, resume, "out=")
     # bf16 autocast: 1.55x fp32 for SimCLR at 28 px on this CPU (benchmarks/bench_pretrain.py)
     precision = resolve_precision(cfg.train.precision, device, cpu_auto="bf16")
     threads = set_threads(cfg.train.threads, dist)
@@ -261,65 +243,28 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)
     optimizer = _optimizer(cfg, method)
-    images = data.images
-    tensor = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
-    per_rank = max(1, cfg.train.batch_size // dist.world_size)
-    if len(tensor) // dist.world_size < per_rank:
-        raise UserError(f"train.batch_size {cfg.train.batch_size} is larger than the "
-                        f"{len(tensor)} training images of {info.name}")
-    sampler = (DistributedSampler(TensorDataset(tensor), num_replicas=dist.world_size,
-                                  rank=dist.rank, shuffle=True, seed=cfg.seed)
-               if data.pool.uniform else
-               WeightedEpochSampler(data.pool.weights, cfg.seed, dist.rank, dist.world_size))
-    loader = DataLoader(TensorDataset(tensor), batch_size=per_rank, sampler=sampler,
-                        drop_last=True, pin_memory=device.type == "cuda")
+    tensor = image_tensor(data.images)
+    loader, sampler = _loader(cfg, data, tensor, dist, device)
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.train.epochs
-    base_lr = cfg.train.lr * cfg.train.batch_size / 256
-
-    def lr_fn(step: int) -> float:
-        return _lr_at(step, total, cfg.train.warmup_epochs * steps_per_epoch, base_lr,
-                      cfg.train.min_lr_ratio)
-
-    start_epoch, step, history = 0, 0, []
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
-        _check_resumable(ckpt.meta, cfg, last, info)
-        load_method_state(method, ckpt.backbone, ckpt.extra)
-        optimizer.load_state_dict(ckpt.extra["optimizer"])
-        start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
-        history = [json.loads(h) for h in ckpt.extra.get("history", [])]
-    elif resume and dist.is_main:
-        print(f"no {last} yet: starting from epoch 1", file=sys.stderr)
-
-    model: torch.nn.Module = method
-    if dist.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None)
+    lr_fn = _schedule(cfg, steps_per_epoch)
+    start_epoch, step, history = _resume(cfg, method, optimizer, out / "last.pt", resume, dist,
+                                         device, info)
+    model = ddp(method, device) if dist.enabled else method
     if cfg.train.compile:
         # the backbone only, in place (state-dict keys unchanged): the methods' augmentations
         # stay eager, so their random draws are the same as without compilation
         method.backbone.compile()
-    writer = None
+    log = None
     if dist.is_main:
-        make_run_folder(out)
-        with writing(out / "recipe.yaml"):
-            (out / "recipe.yaml").write_text(yaml.safe_dump(resolved_recipe(cfg, info),
-                                                              sort_keys=False))
-        # no rows of an epoch cut short by a kill (the epoch-0 score lives in history only)
-        rewrite_jsonl(out / "metrics.jsonl", [h for h in history if h.get("epoch", 0) >= 1])
-        if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
-            _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision), out,
-                           start_epoch, history, only_missing=True,
-                           extra={"method_state": _head_state(method),
-                                  "seen_codes": torch.from_numpy(data.pool.codes)})
-        writer = summary_writer(out / "tb", purge_step=step if step else None)
+        log = _open_log(cfg, method, data, out, start_epoch, step, history, precision)
         print(f"pretraining {cfg.method} on {info.name}: {len(tensor)} images "
               f"{info.image_size}px x{info.n_channels}, {cfg.model.arch} "
               f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
-    show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
+    writer = log.writer if log is not None else None
+    show = show_progress(dist, progress)
     scoring = cfg.eval.every and data.eval is not None
     if start_epoch == 0 and scoring and dist.is_main:  # the baseline to improve on
         before = evaluate(method, data.eval, cfg, device, precision, info)
@@ -329,7 +274,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         print("epoch 0 (before training)  " + "  ".join(f"{k} {v:.4g}" for k, v in
                                                         before.items()), file=sys.stderr)
     for epoch in range(start_epoch, cfg.train.epochs):
-        seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+        seed_epoch(cfg.seed, epoch, dist.rank)
         sampler.set_epoch(epoch)
         step, stats = train_one_epoch(
             model, method, loader, optimizer, epoch=epoch, step=step, total_steps=total,
@@ -347,10 +292,63 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         history.append(stats)
         if dist.is_main:
             _end_of_epoch(cfg, method, optimizer, data, out, epoch + 1, step, history,
-                          writer, last_epoch, precision)
-    if writer is not None:
-        writer.close()
+                          log, last_epoch, precision)
+    if log is not None:
+        log.close()
     return out
+
+
+def _loader(cfg: PretrainConfig, data: PretrainData, tensor: torch.Tensor, dist: Dist,
+            device: torch.device) -> tuple[DataLoader, Any]:
+    """This rank's loader: a shuffled shard of the pool, or the pool's weighted sampler."""
+    per_rank = max(1, cfg.train.batch_size // dist.world_size)
+    if len(tensor) // dist.world_size < per_rank:
+        raise UserError(f"train.batch_size {cfg.train.batch_size} is larger than the "
+                        f"{len(tensor)} training images of {data.info.name}")
+    sampler = None if data.pool.uniform else WeightedEpochSampler(
+        data.pool.weights, cfg.seed, dist.rank, dist.world_size)
+    return epoch_loader(tensor, batch_size=per_rank, dist=dist, seed=cfg.seed, device=device,
+                        sampler=sampler)
+
+
+def _schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The learning rate of a step: ``lr * batch_size / 256`` (the linear scaling rule of
+    Goyal et al. 2017), warmed up over ``warmup_epochs``, then a cosine to ``min_lr_ratio``."""
+    t = cfg.train
+    base, warmup = t.lr * t.batch_size / 256, t.warmup_epochs * steps_per_epoch
+    total = steps_per_epoch * t.epochs
+    return functools.partial(warmup_cosine, base=base, warmup=warmup, phases=[(warmup, total)],
+                             min_ratio=t.min_lr_ratio)
+
+
+def _resume(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
+            last: Path, resume: bool, dist: Dist, device: torch.device,
+            info: DataInfo) -> tuple[int, int, list[dict]]:
+    """``(start_epoch, step, history)``: from ``last`` when resuming a run that has it."""
+    if resume and last.exists():
+        ckpt = load_checkpoint(last, map_location=device)
+        _check_resumable(ckpt.meta, cfg, last, info)
+        load_method_state(method, ckpt.backbone, ckpt.extra)
+        optimizer.load_state_dict(ckpt.extra["optimizer"])
+        return (int(ckpt.meta["epoch"]), int(ckpt.extra["step"]),
+                decode_history(ckpt.extra.get("history", [])))
+    if resume and dist.is_main:
+        print(f"no {last} yet: starting from epoch 1", file=sys.stderr)
+    return 0, 0, []
+
+
+def _open_log(cfg: PretrainConfig, method: SSLMethod, data: PretrainData, out: Path,
+              start_epoch: int, step: int, history: list[dict], precision: str) -> RunLog:
+    # no rows of an epoch cut short by a kill (the epoch-0 score lives in history only)
+    log = RunLog(out, resolved_recipe(cfg, data.info),
+                 [h for h in history if h.get("epoch", 0) >= 1])
+    if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
+        _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision), out,
+                       start_epoch, history, only_missing=True,
+                       extra={"method_state": _head_state(method),
+                              "seen_codes": torch.from_numpy(data.pool.codes)})
+    log.open_tensorboard(purge_step=step if step else None)
+    return log
 
 
 def _log_images(writer: Any, method: SSLMethod, tensor: torch.Tensor, max_value: int,
@@ -365,23 +363,16 @@ def _log_images(writer: Any, method: SSLMethod, tensor: torch.Tensor, max_value:
 
 def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
                   data: PretrainData, out: Path, epoch: int, step: int, history: list[dict],
-                  writer: Any, last_epoch: bool, precision: str) -> None:
-    stats = history[-1]
+                  log: RunLog, last_epoch: bool, precision: str) -> None:
     warn_if_diverging(history, "loss")
-    for key, value in stats.items():
-        if key != "epoch" and writer is not None:
-            writer.add_scalar(f"epoch/{key}", value, epoch)
-    with writing(out / "metrics.jsonl"), (out / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(stats) + "\n")
-    shown = "  ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "epoch")
-    print(f"epoch {epoch}/{cfg.train.epochs}  {shown}", file=sys.stderr)
+    log.epoch(history[-1], cfg.train.epochs)
     meta = _meta(cfg, method, data, epoch, precision)
     backbone = method.backbone.state_dict()
     state = method_state(method)
     seen = {"seen_codes": torch.from_numpy(data.pool.codes)}
     save_checkpoint(out / "last.pt", backbone, meta, extra={
         **state, "optimizer": optimizer.state_dict(), "step": step,
-        "history": [json.dumps(h) for h in history], **seen,
+        "history": encode_history(history), **seen,
     })
     _derived_files(cfg, method, meta, out, epoch, history, only_missing=False,
                    extra={"method_state": state["method_state"], **seen})
