@@ -5,8 +5,8 @@ so that a new architecture, SSL method or fine-tuning strategy is covered the da
   boundaries of its depth map are consistent;
 * every SSL method builds from a recipe, takes training steps on tiny data without a NaN, and its
   state round-trips through a checkpoint to the same next loss;
-* every fine-tuning strategy's optimiser groups hold exactly the parameters it trains, and one
-  step moves those and nothing else;
+* every fine-tuning strategy's optimiser groups hold exactly the parameters it trains, and an
+  epoch of the engine's own loop moves those and nothing else;
 * the names in the docs, the tools and fusion are the registries'.
 
 Tiny inputs (1 channel, 28-32 px), random weights: seconds per case.
@@ -18,6 +18,7 @@ import functools
 import inspect
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from ssl_ft.config import from_dict
 from ssl_ft.data import DataInfo
 from ssl_ft.ensemble import DEFAULT_DEPTH, FUSION_STRATEGIES
 from ssl_ft.finetune import STRATEGIES, FinetuneConfig, FinetuneModel, Strategy, get_strategy
-from ssl_ft.finetune.steps import make_measurer, set_trainable, train_mode
+from ssl_ft.finetune.steps import set_trainable
 from ssl_ft.finite import check_state
 from ssl_ft.methods import METHODS, SSLMethod
 from ssl_ft.models import (
@@ -52,6 +53,8 @@ from ssl_ft.pretrain import (
     method_state,
     train_one_epoch,
 )
+from ssl_ft.runtime import Dist, grad_scaler
+from ssl_ft.scaffold import epoch_loader
 from tests.conftest import REPO, grey_meta
 
 #: the timm adapter, on two small models with the features API (one with BatchNorm)
@@ -272,29 +275,25 @@ def test_strategy_optimiser_groups_hold_exactly_what_it_trains(name):
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
-def test_strategy_step_moves_its_units_and_nothing_else(name):
+def test_strategy_epoch_moves_its_units_and_nothing_else(name):
+    """The fine-tuning engine's own epoch (two steps) in the first epoch that trains units."""
     s = _strategy(name)
     model = s.model
-    cfg = FinetuneConfig(optimizer="sgd", lr=0.1, weight_decay=0.0)
+    cfg = FinetuneConfig(optimizer="sgd", lr=0.1, weight_decay=0.0, seed=0)
     opt = engine._optimizer(cfg, s)
     epoch = next((e for e in range(s.train_epochs()) if s.trained_units(e)), 0)
     trained = s.trained_units(epoch)
     set_trainable(model, trained)
-    train_mode(model, [] if s.keeps_bn_statistics() else trained, freeze_bn=True)
-    x = _images(16).float() / 255
-    y = torch.arange(16) % 2
-    measure = make_measurer(model, _images(16), y, nn.CrossEntropyLoss(), 0, epoch, 8, 255,
-                            torch.device("cpu"), "fp32")
-    logs = s.on_epoch_start(epoch, opt, measure)
-    assert all(math.isfinite(v) for v in logs.values())
+    images, labels = _images(16), torch.arange(16) % 2
+    loader, _ = epoch_loader(images, labels, batch_size=8, dist=Dist(), seed=0,
+                             device=torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    for group in opt.param_groups:
-        group["lr"] = 0.1 * group["lr_scale"]
-    loss = nn.functional.cross_entropy(model(x), y)
-    penalty = s.penalty()
-    opt.zero_grad(set_to_none=True)
-    (loss + penalty if penalty is not None else loss).backward()
-    opt.step()
+    step, stats = engine.train_one_epoch(
+        model, SimpleNamespace(cfg=cfg, model=model, strategy=s), opt, epoch=epoch, step=0,
+        loader=loader, x_all=images, y_all=labels, scale=255, device=torch.device("cpu"),
+        precision="fp32", show=False, scaler=grad_scaler(torch.device("cpu"), "fp32"))
+    assert step == 2 and stats["trained_units"] == len(trained)
+    assert all(math.isfinite(v) for v in stats.values() if isinstance(v, float))
     check_state(model, "the contract test")
     after = model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}

@@ -17,58 +17,62 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
 from ssl_ft.checkpoint import load_checkpoint
 from ssl_ft.config import from_dict, load_recipe, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.data.checks import check_learnable
-from ssl_ft.errors import UserError, writing
+from ssl_ft.errors import UserError
 from ssl_ft.features import fit_linear_head
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import FinetuneModel, build_backbone, save_finetuned
-from ssl_ft.finetune.outputs import evaluate, finish, log_epoch, run_meta, save_last
+from ssl_ft.finetune.outputs import evaluate, finish, run_meta, save_last
 from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, prefix_bytes
-from ssl_ft.finetune.steps import augment_batch, lr_at, make_measurer, set_trainable, train_mode
+from ssl_ft.finetune.steps import augment_batch, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
-from ssl_ft.finite import (
-    chance_loss,
-    check_gradients,
-    check_loss,
-    check_state,
-    warn_if_diverging,
-)
+from ssl_ft.finite import chance_loss, check_state, warn_if_diverging
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
-from ssl_ft.resume import check_same_recipe, rewrite_jsonl
+from ssl_ft.resume import check_same_recipe
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
     Dist,
     autocast,
     distributed,
     grad_scaler,
-    make_run_folder,
     resolve_precision,
     seed_everything,
     set_threads,
-    summary_writer,
+)
+from ssl_ft.scaffold import (
+    RunLog,
+    build_optimizer,
+    ddp,
+    decode_history,
+    epoch_loader,
+    image_tensor,
+    optimizer_step,
+    progress_bar,
+    refuse_overwrite,
+    seed_epoch,
+    set_lr,
+    show_progress,
+    val_score,
+    warmup_cosine,
 )
 
-__all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare"]
+__all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare",
+           "train_one_epoch"]
 
 # recipe keys that may change when a run is resumed
 _RESUMABLE = {"out", "device", "threads", "precision", "data_root", "download", "prefix_cache",
@@ -208,18 +212,14 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         if dist.is_main:
             print(f"{out} is finished (metrics.json exists); nothing to do", file=sys.stderr)
         return out
-    if last.exists() and not resume:
-        raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
-                        "or choose another --out")
+    refuse_overwrite(out, resume, "--out")
     precision = resolve_precision(cfg.precision, device)
     threads = set_threads(cfg.threads, dist)
     seed_everything(cfg.seed)
     p = prepare(cfg)
     model, strategy, info = p.model.to(device), p.strategy, p.splits.info
     optimizer = _optimizer(cfg, strategy)
-    images = p.splits.images["train"]
-    x_all = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
-    scale = info.max_value
+    x_all, scale = image_tensor(p.splits.images["train"]), info.max_value
     if _use_prefix_cache(p, model, device, precision):
         x_all, scale = p.cache["train"], 1
     y_all = torch.from_numpy(p.splits.labels["train"])
@@ -227,136 +227,137 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if per_rank < 2:
         raise UserError(f"{len(x_all)} training images are too few for {dist.world_size} "
                         "process(es); raise --label-fraction or --limit")
-    data = TensorDataset(x_all, y_all)
-    sampler = DistributedSampler(data, num_replicas=dist.world_size, rank=dist.rank,
-                                 shuffle=True, seed=cfg.seed)
-    loader = DataLoader(data, batch_size=per_rank, sampler=sampler, drop_last=True,
-                        pin_memory=device.type == "cuda")
-    steps = len(loader)
-    phases = strategy.phases()
-
-    start_epoch, step, history = 0, 0, []
-    best: dict[str, Any] = {"auc": -1.0, "epoch": 0}
-    probe: dict[str, Any] | None = None
-    if resume and last.exists():
-        ckpt = load_checkpoint(last, map_location=device)
-        _check_resumable(ckpt.meta.get("recipe", {}), cfg, last)
-        model.backbone.load_state_dict(ckpt.backbone)
-        model.head.load_state_dict(ckpt.extra["head"])
-        optimizer.load_state_dict(ckpt.extra["optimizer"])
-        strategy.load_state_dict(ckpt.extra.get("strategy", {}))
-        start_epoch, step = int(ckpt.meta["epoch"]), int(ckpt.extra["step"])
-        best = dict(ckpt.extra["best"])
-        history = [json.loads(h) for h in ckpt.extra.get("history", [])]
-        probe = ckpt.extra.get("probe")
-    writer = None
+    loader, sampler = epoch_loader(x_all, y_all, batch_size=per_rank, dist=dist, seed=cfg.seed,
+                                   device=device)
+    start_epoch, step, history, best, probe = _resume(p, optimizer, last, resume, device)
+    log = None
     if dist.is_main:
-        make_run_folder(out)
-        with writing(out / "recipe.yaml"):
-            (out / "recipe.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        rewrite_jsonl(out / "metrics.jsonl", history)  # no rows of an epoch cut short by a kill
-        writer = summary_writer(out / "tb", purge_step=start_epoch or None)
+        log = RunLog(out, to_dict(cfg), history)  # no rows of an epoch cut short by a kill
+        log.open_tensorboard(purge_step=start_epoch or None)
         n = p.trainable_params
         print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
               f"({len(x_all)} train images, {info.image_size}px): strategy {cfg.strategy}, "
               f"layers {p.selection.layers_str}, truncate {float(p.selection.truncate):g}, "
               f"{n['total']:,} trainable parameters, {strategy.train_epochs()} epochs x "
-              f"{steps} steps, "
+              f"{len(loader)} steps, "
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
-    show = dist.is_main and (sys.stderr.isatty() if progress is None else progress)
-    loss_fn = nn.CrossEntropyLoss()
-    scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
-    ddp_units: list[int] | None = None
-    net: nn.Module = model
     if strategy.fits_probe and probe is None and start_epoch > 0:
         raise UserError(f"cannot resume {last}: it was made before {cfg.strategy} began with a "
                         "converged linear probe (its head has trained without one); start a "
                         "new run in another folder")
     if strategy.fits_probe and probe is None:  # a resumed run has its probe: no refit
-        probe, best = _probe_phase(p, out, best, history, optimizer, writer, device, precision,
+        probe, best = _probe_phase(p, out, best, history, optimizer, log, device, precision,
                                    dist)
+    epoch_args = dict(loader=loader, x_all=x_all, y_all=y_all, scale=scale, device=device,
+                      precision=precision, show=show_progress(dist, progress),
+                      scaler=grad_scaler(device, precision))  # fp16 on CUDA only
     end = strategy.train_epochs()
     stop = end if stop_after is None else min(stop_after, end)
+    ddp_units: list[int] | None = None
+    net: nn.Module = model
     for epoch in range(start_epoch, stop):
-        seed_everything(cfg.seed * 100_003 + epoch * 1_009 + dist.rank)
+        seed_epoch(cfg.seed, epoch, dist.rank)
         sampler.set_epoch(epoch)
         trained = strategy.trained_units(epoch)
         set_trainable(model, trained)
         if dist.enabled and trained != ddp_units:  # DDP tracks a fixed set of parameters
-            net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[device.index] if device.type == "cuda" else None)
-            ddp_units = trained
-        if strategy.keeps_bn_statistics():  # lp-ft: phase 2 sees the features the probe saw
-            train_mode(model, [], freeze_bn=True)
-        else:
-            train_mode(model, trained, cfg.freeze_bn)
-        measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, per_rank,
-                                scale, device, precision)
-        stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=not show,
-                   mininterval=2.0, file=sys.stderr)
-        for xb, yb in bar:
-            lr = lr_at(epoch + (step % steps) / steps, phases, cfg.lr, cfg.warmup_epochs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group["lr_scale"]
-            x = xb.to(device, non_blocking=True).float() / scale
-            x = augment_batch(x, cfg.augment)
-            with autocast(device, precision):
-                loss = loss_fn(net(x).float(), yb.to(device))
-            extra = strategy.penalty()
-            total = loss + extra if extra is not None else loss
-            check_loss(total, f"epoch {epoch + 1}, step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.unscale_(optimizer)
-            check_gradients(model, f"epoch {epoch + 1}, step {step}")
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            seen += len(x)
-            loss_sum += float(loss.detach()) * len(x)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
-        stats.update({"epoch": epoch + 1, "phase": strategy.phase_name(epoch),
-                      "train_loss": loss_sum / max(1, seen), "lr": lr,
-                      "images_per_s": seen / max(1e-9, time.perf_counter() - t0),
-                      "trained_units": len(trained)})
+            net, ddp_units = ddp(model, device), trained
+        step, stats = train_one_epoch(net, p, optimizer, epoch=epoch, step=step, **epoch_args)
         check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
         if dist.is_main:
-            best = _end_of_epoch(p, out, stats, best, history, optimizer, step, writer,
+            best = _end_of_epoch(p, out, stats, best, history, optimizer, step, log,
                                  device, precision, probe)
         if dist.enabled:
             torch.distributed.barrier()
-    if writer is not None:
-        writer.close()
+    if log is not None:
+        log.close()
     if dist.is_main and stop == end:  # (a paused run is not finished)
         finish(p, out, best, history, device, precision, probe, step)
     return out
 
 
+def train_one_epoch(net: nn.Module, p: Prepared, optimizer: torch.optim.Optimizer, *,
+                    epoch: int, step: int, loader: DataLoader, x_all: torch.Tensor,
+                    y_all: torch.Tensor, scale: int, device: torch.device, precision: str,
+                    show: bool, scaler: torch.amp.GradScaler) -> tuple[int, dict[str, Any]]:
+    """One epoch of the strategy ``p.strategy`` (whose units :func:`set_trainable` has made
+    trainable) on ``loader``'s batches through ``net`` (the model, or its DDP wrapper):
+    BatchNorm modes, the strategy's epoch-start work, then cross-entropy (+ its penalty) steps
+    on the warm-up + cosine schedule of its phases. Returns the global step and the epoch's
+    row (without the validation scores)."""
+    cfg, model, strategy = p.cfg, p.model, p.strategy
+    trained = strategy.trained_units(epoch)
+    if strategy.keeps_bn_statistics():  # lp-ft: phase 2 sees the features the probe saw
+        train_mode(model, [], freeze_bn=True)
+    else:
+        train_mode(model, trained, cfg.freeze_bn)
+    loss_fn = nn.CrossEntropyLoss()
+    measure = make_measurer(net, x_all, y_all, loss_fn, cfg.seed, epoch, loader.batch_size,
+                            scale, device, precision)
+    stats: dict[str, Any] = dict(strategy.on_epoch_start(epoch, optimizer, measure))
+    steps, phases = len(loader), strategy.phases()
+    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = progress_bar(loader, epoch, show)
+    for xb, yb in bar:
+        lr = warmup_cosine(epoch + (step % steps) / steps, base=cfg.lr, warmup=cfg.warmup_epochs,
+                           phases=phases, warmup_offset=1e-3)
+        set_lr(optimizer, lr)
+        x = augment_batch(xb.to(device, non_blocking=True).float() / scale, cfg.augment)
+        with autocast(device, precision):
+            loss = loss_fn(net(x).float(), yb.to(device))
+        extra = strategy.penalty()
+        optimizer_step(loss + extra if extra is not None else loss, optimizer, scaler, model,
+                       f"epoch {epoch + 1}, step {step}")
+        step += 1
+        seen += len(x)
+        loss_sum += float(loss.detach()) * len(x)
+        bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
+    stats.update({"epoch": epoch + 1, "phase": strategy.phase_name(epoch),
+                  "train_loss": loss_sum / max(1, seen), "lr": lr,
+                  "images_per_s": seen / max(1e-9, time.perf_counter() - t0),
+                  "trained_units": len(trained)})
+    return step, stats
+
+
+def _resume(p: Prepared, optimizer: torch.optim.Optimizer, last: Path, resume: bool,
+            device: torch.device) -> tuple[int, int, list[dict], dict[str, Any], dict | None]:
+    """``(start_epoch, step, history, best, probe)``, from ``last`` when resuming."""
+    if not (resume and last.exists()):
+        return 0, 0, [], {"auc": -1.0, "epoch": 0}, None
+    ckpt = load_checkpoint(last, map_location=device)
+    _check_resumable(ckpt.meta.get("recipe", {}), p.cfg, last)
+    p.model.backbone.load_state_dict(ckpt.backbone)
+    p.model.head.load_state_dict(ckpt.extra["head"])
+    optimizer.load_state_dict(ckpt.extra["optimizer"])
+    p.strategy.load_state_dict(ckpt.extra.get("strategy", {}))
+    return (int(ckpt.meta["epoch"]), int(ckpt.extra["step"]),
+            decode_history(ckpt.extra.get("history", [])), dict(ckpt.extra["best"]),
+            ckpt.extra.get("probe"))
+
+
 def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str, Any],
-                  history: list[dict], optimizer: torch.optim.Optimizer, step: int, writer: Any,
-                  device: torch.device, precision: str,
+                  history: list[dict], optimizer: torch.optim.Optimizer, step: int,
+                  log: RunLog, device: torch.device, precision: str,
                   probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
     model, epoch = p.model, stats["epoch"]
     val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
     stats.update(val_auc=val["auc"], val_acc=val["acc"])
-    score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]  # a one-class val split
+    score = val_score(val)
     if score > best["auc"]:
-        best = {"auc": float(score), "epoch": epoch}
+        best = {"auc": score, "epoch": epoch}
         save_finetuned(out / "best.pt", model, run_meta(p, epoch))
     history.append(stats)
     chance = chance_loss(p.splits.info.num_classes)
     warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
-    log_epoch(writer, out, stats, p.cfg.epochs)
+    log.epoch(stats, p.cfg.epochs)
     save_last(p, out, epoch, optimizer, step, best, history, probe)
     return best
 
 
 def _probe_phase(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
-                 optimizer: torch.optim.Optimizer, writer: Any, device: torch.device,
+                 optimizer: torch.optim.Optimizer, log: RunLog | None, device: torch.device,
                  precision: str, dist: Dist) -> tuple[dict[str, Any], dict[str, Any]]:
     """Phase 1 of ``lp`` / ``lp-ft`` (Kumar et al., ICLR 2022): the head becomes the converged
     logistic probe of the frozen backbone's features (:func:`~ssl_ft.features.fit_linear_head`),
@@ -374,19 +375,15 @@ def _probe_phase(p: Prepared, out: Path, best: dict[str, Any], history: list[dic
     stats = {"epoch": 0, "phase": "probe", "C": probe["C"], "n_features": probe["n_features"],
              "probe_seconds": probe["seconds"], "val_auc": val["auc"], "val_acc": val["acc"]}
     if not p.strategy.train_epochs():
-        score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]
-        best = {"auc": float(score), "epoch": 0}
+        best = {"auc": val_score(val), "epoch": 0}
         save_finetuned(out / "best.pt", model, run_meta(p, 0))
     history.append(stats)
-    log_epoch(writer, out, stats, p.strategy.train_epochs())
+    log.epoch(stats, p.strategy.train_epochs())
     save_last(p, out, 0, optimizer, 0, best, history, probe)
     return probe, best
 
 
 def _optimizer(cfg: FinetuneConfig, strategy: Strategy) -> torch.optim.Optimizer:
-    groups = strategy.param_groups(cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.Adam(groups, lr=cfg.lr)
+    """The optimiser over the strategy's groups (each carries its weight decay)."""
+    return build_optimizer(cfg.optimizer, strategy.param_groups(cfg.weight_decay), lr=cfg.lr,
+                           momentum=cfg.momentum)

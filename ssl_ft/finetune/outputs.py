@@ -1,9 +1,9 @@
-"""What a fine-tuning run writes: per-epoch logs, ``last.pt``, and at the end ``model.pt`` and
-``metrics.json`` (see :mod:`ssl_ft.finetune.engine` for the run folder)."""
+"""What a fine-tuning run writes besides its logs (:class:`ssl_ft.scaffold.RunLog`): ``last.pt``,
+and at the end ``model.pt`` and ``metrics.json`` (see :mod:`ssl_ft.finetune.engine` for the run
+folder)."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,15 +13,15 @@ import torch
 from ssl_ft.checkpoint import save_checkpoint, write_json
 from ssl_ft.config import to_dict
 from ssl_ft.data import ArraySplits
-from ssl_ft.errors import writing
 from ssl_ft.finetune.model import FinetuneModel, load_finetuned, predict_proba, save_finetuned
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
+from ssl_ft.scaffold import encode_history
 
 if TYPE_CHECKING:
     from ssl_ft.finetune.engine import Prepared
 
-__all__ = ["evaluate", "finish", "log_epoch", "run_meta", "save_last"]
+__all__ = ["evaluate", "finish", "run_meta", "save_last"]
 
 
 def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
@@ -56,19 +56,7 @@ def save_last(p: Prepared, out: Path, epoch: int, optimizer: torch.optim.Optimiz
     save_checkpoint(out / "last.pt", p.model.backbone.state_dict(), run_meta(p, epoch), extra={
         "head": p.model.head.state_dict(), "optimizer": optimizer.state_dict(),
         "strategy": p.strategy.state_dict(), "step": step, "best": best,
-        "history": [json.dumps(h) for h in history], "probe": probe})
-
-
-def log_epoch(writer: Any, out: Path, stats: dict[str, Any], epochs: int) -> None:
-    """One epoch's scalars to TensorBoard, metrics.jsonl and the epoch line on stderr."""
-    for key, value in stats.items():
-        if isinstance(value, int | float) and key != "epoch":
-            writer.add_scalar(f"epoch/{key}", value, stats["epoch"])
-    with writing(out / "metrics.jsonl"), (out / "metrics.jsonl").open("a") as fh:
-        fh.write(json.dumps(stats) + "\n")
-    shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                      for k, v in stats.items() if k != "epoch")
-    print(f"epoch {stats['epoch']}/{epochs}  {shown}", file=sys.stderr)
+        "history": encode_history(history), "probe": probe})
 
 
 def finish(p: Prepared, out: Path, best: dict[str, Any], history: list[dict],
