@@ -179,3 +179,26 @@ def test_models_may_differ_in_architecture_and_normalisation(data_root, tmp_path
     _, metrics = ensemble(cfg)
     assert [m["arch"] for m in metrics["models"]] == ["resnet18", "vgg11"]
     assert set(metrics["baselines"]) == {"simclr", "none", "late_fusion"}
+
+
+def test_fine_tuned_fusion_repeats_bit_for_bit_on_its_seed_series(data_root, tmp_path, ckpts,
+                                                                   monkeypatch):
+    """Fusion keeps nothing to resume from (no last.pt: a killed fusion runs again), so its
+    guard is repetition: the same recipe gives the same numbers, every epoch of every trained
+    net (each model alone, then the fusion) re-seeded from ``seed * 100_003 + epoch`` (its
+    series, ssl_ft.scaffold.seed_epoch with stride 1), whatever ran before in the process."""
+    import ssl_ft.ensemble.engine as engine
+
+    seeds = []
+    real = engine.seed_epoch
+    monkeypatch.setattr(engine, "seed_epoch", lambda *a, **k: seeds.append(real(*a, **k)))
+    cfg = _cfg(data_root, tmp_path, ckpts, strategy="lp-ft", layers=["75-100"],
+               depths=[100], epochs=2, batch_size=32, seed=3, limit=96)
+    _, first = ensemble(cfg)
+    assert seeds == [3 * 100_003 + e for _ in range(3) for e in range(2)]  # 2 alone + fusion
+    torch.rand(5)  # another state of the global generators
+    _, again = ensemble(cfg)
+    for row in [first, *first["baselines"].values()]:
+        assert row["test"]["auc"] != 0.5  # the heads learned something to compare
+    assert again["val"] == first["val"] and again["test"] == first["test"]
+    assert again["baselines"] == first["baselines"]

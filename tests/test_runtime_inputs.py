@@ -1,17 +1,16 @@
 """ssl_ft.runtime and ssl_ft.finetune.steps paths the end-to-end tests do not reach: bad
-device/precision/thread settings, thread counts from the environment, batch augmentation and
-the learning-rate schedule's warm-up."""
+device/precision/thread settings, thread counts from the environment, batch augmentation (the
+learning-rate schedule is tested in test_scaffold.py)."""
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
 import torch
 
 from ssl_ft.errors import UserError
-from ssl_ft.finetune.steps import augment_batch, lr_at
+from ssl_ft.finetune.steps import augment_batch
 from ssl_ft.runtime import (
     Dist,
     autocast,
@@ -88,13 +87,3 @@ def test_flip_and_crop_flip_augmentation():
                      for s, o in zip(shifted, x, strict=True))
             found = found or ok
     assert found
-
-
-def test_learning_rate_warm_up_and_after_the_last_phase():
-    phases = [(0, 4), (4, 10)]
-    assert lr_at(0.0, phases, 1.0, warmup=2) == pytest.approx(1e-3 / 2)
-    assert lr_at(1.0, phases, 1.0, warmup=2) == pytest.approx(1.001 / 2)
-    assert lr_at(2.0, phases, 1.0, warmup=2) == pytest.approx(0.5 * (1 + math.cos(math.pi / 2)))
-    assert lr_at(4.0, phases, 1.0, warmup=0) == pytest.approx(1.0)  # the schedule restarts
-    assert lr_at(7.0, phases, 2.0, warmup=0) == pytest.approx(1.0)  # half-way through phase 2
-    assert lr_at(10.0, phases, 1.0, warmup=0) == 0.0

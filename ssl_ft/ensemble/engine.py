@@ -18,7 +18,6 @@ and late fusion (the average of the single models' probabilities).
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,7 @@ from ssl_ft.ensemble.members import (
 from ssl_ft.errors import UserError
 from ssl_ft.features import head_from_probe, padded_proba, probe_features
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
-from ssl_ft.finetune.steps import lr_at, train_mode
-from ssl_ft.finite import check_gradients, check_loss
+from ssl_ft.finetune.steps import train_mode
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runlock import RunLock
@@ -49,11 +47,21 @@ from ssl_ft.runtime import (
     Dist,
     autocast,
     check_can_create,
+    grad_scaler,
     make_run_folder,
     resolve_device,
     resolve_precision,
     seed_everything,
     set_threads,
+)
+from ssl_ft.scaffold import (
+    build_optimizer,
+    image_tensor,
+    optimizer_step,
+    seed_epoch,
+    set_lr,
+    val_score,
+    warmup_cosine,
 )
 
 __all__ = ["FusionNet", "ensemble", "load_ensemble_recipe"]
@@ -116,35 +124,29 @@ def _train(net: FusionNet, splits, cfg: EnsembleConfig, device: torch.device,
     """Adam + cosine over ``cfg.epochs``, best validation AUC kept; returns val/test probs."""
     info = splits.info
     net.to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    images = splits.images["train"]
-    x_all = torch.from_numpy(images.astype(np.int32) if images.dtype == np.uint16 else images)
-    y_all = torch.from_numpy(splits.labels["train"])
+    opt = build_optimizer("adam", [p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    scaler = grad_scaler(device, precision)  # fp16 on CUDA only; a pass-through otherwise
+    x_all, y_all = image_tensor(splits.images["train"]), torch.from_numpy(splits.labels["train"])
     batch = min(cfg.batch_size, len(x_all))
     steps = max(1, len(x_all) // batch)
     step = 0
     best, best_state = -1.0, None
     for epoch in range(cfg.epochs):
-        seed_everything(cfg.seed * 100_003 + epoch)
+        seed_epoch(cfg.seed, epoch, stride=1)
         order = torch.randperm(len(x_all))
         net.train()
         for k in range(steps):
             idx = order[k * batch:(k + 1) * batch]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step / steps, [(0, cfg.epochs)], cfg.lr, warmup=0)
+            set_lr(opt, warmup_cosine(step / steps, base=cfg.lr, warmup=0,
+                                      phases=[(0, cfg.epochs)]))
             with autocast(device, precision):
                 x = x_all[idx].to(device).float() / info.max_value
                 loss = nn.functional.cross_entropy(net(x).float(), y_all[idx].to(device))
-            check_loss(loss, f"epoch {epoch + 1}, step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            check_gradients(net, f"epoch {epoch + 1}, step {step}")
-            opt.step()
+            optimizer_step(loss, opt, scaler, net, f"epoch {epoch + 1}, step {step}")
             step += 1
         val = classification_metrics(splits.labels["val"], _predict(net, splits, "val", device,
                                                                      precision), info.task)
-        score = val["auc"] if math.isfinite(val["auc"]) else val["acc"]
+        score = val_score(val)
         print(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss.item():.4f}  val AUC {val['auc']:.4f}",
               file=sys.stderr)
         if score > best:

@@ -1,9 +1,9 @@
-"""Pieces of one fine-tuning epoch: which parameters train, BatchNorm modes, the learning-rate
-schedule, batch augmentation, and the measurement batches that strategies such as Auto-RGN use."""
+"""Pieces of one fine-tuning epoch: which parameters train, BatchNorm modes, batch augmentation,
+and the measurement batches that strategies such as Auto-RGN use (the learning-rate schedule
+is the scaffold's: :func:`ssl_ft.scaffold.warmup_cosine`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -12,7 +12,7 @@ from torch import nn
 from ssl_ft.finetune.model import FinetuneModel, unit_modules
 from ssl_ft.runtime import autocast
 
-__all__ = ["augment_batch", "lr_at", "make_measurer", "set_trainable", "train_mode"]
+__all__ = ["augment_batch", "make_measurer", "set_trainable", "train_mode"]
 
 
 def set_trainable(model: FinetuneModel, trained: list[int]) -> None:
@@ -50,17 +50,6 @@ def augment_batch(x: torch.Tensor, how: str) -> torch.Tensor:
         dy, dx = torch.randint(0, 2 * pad + 1, (2,)).tolist()
         x = padded[:, :, dy:dy + h, dx:dx + w]
     return x
-
-
-def lr_at(epoch_float: float, phases: list[tuple[int, int]], base: float, warmup: int) -> float:
-    """Cosine decay within each phase (restarting at each), linear warm-up at the start."""
-    if epoch_float < warmup:
-        return base * (epoch_float + 1e-3) / warmup
-    for start, end in phases:
-        if start <= epoch_float < end:
-            t = (epoch_float - start) / max(1e-9, end - start)
-            return base * 0.5 * (1 + math.cos(math.pi * t))
-    return 0.0
 
 
 def make_measurer(net: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
