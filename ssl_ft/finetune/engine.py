@@ -219,10 +219,7 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     p = prepare(cfg)
     model, strategy, info = p.model.to(device), p.strategy, p.splits.info
     optimizer = _optimizer(cfg, strategy)
-    x_all, scale = image_tensor(p.splits.images["train"]), info.max_value
-    if _use_prefix_cache(p, model, device, precision):
-        x_all, scale = p.cache["train"], 1
-    y_all = torch.from_numpy(p.splits.labels["train"])
+    x_all, y_all, scale = _train_inputs(p, model, device, precision)
     per_rank = min(max(1, cfg.batch_size // dist.world_size), len(x_all) // dist.world_size)
     if per_rank < 2:
         raise UserError(f"{len(x_all)} training images are too few for {dist.world_size} "
@@ -234,12 +231,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if dist.is_main:
         log = RunLog(out, to_dict(cfg), history)  # no rows of an epoch cut short by a kill
         log.open_tensorboard(purge_step=start_epoch or None)
-        n = p.trainable_params
         print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
-              f"({len(x_all)} train images, {info.image_size}px): strategy {cfg.strategy}, "
-              f"layers {p.selection.layers_str}, truncate {float(p.selection.truncate):g}, "
-              f"{n['total']:,} trainable parameters, {strategy.train_epochs()} epochs x "
-              f"{len(loader)} steps, "
+              f"({len(x_all)} train images, {info.image_size}px): {_what(p, len(loader))}, "
               f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
               file=sys.stderr)
     if strategy.fits_probe and probe is None and start_epoch > 0:
@@ -275,6 +268,25 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if dist.is_main and stop == end:  # (a paused run is not finished)
         finish(p, out, best, history, device, precision, probe, step)
     return out
+
+
+def _train_inputs(p: Prepared, model: FinetuneModel, device: torch.device,
+                  precision: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(inputs, labels, scale)`` of the train split: the raw images (scaled by their maximum
+    value), or the frozen prefix's cached activations (scale 1) when the cache applies."""
+    if _use_prefix_cache(p, model, device, precision):
+        x_all, scale = p.cache["train"], 1
+    else:
+        x_all, scale = image_tensor(p.splits.images["train"]), p.splits.info.max_value
+    return x_all, torch.from_numpy(p.splits.labels["train"]), scale
+
+
+def _what(p: Prepared, steps: int) -> str:
+    """The run's strategy, selection and budget, for its first line on stderr."""
+    n = p.trainable_params
+    return (f"strategy {p.cfg.strategy}, layers {p.selection.layers_str}, truncate "
+            f"{float(p.selection.truncate):g}, {n['total']:,} trainable parameters, "
+            f"{p.strategy.train_epochs()} epochs x {steps} steps")
 
 
 def train_one_epoch(net: nn.Module, p: Prepared, optimizer: torch.optim.Optimizer, *,

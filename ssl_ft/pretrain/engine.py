@@ -235,13 +235,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     seed_everything(cfg.seed)
-    data = load_pretrain_data(cfg)
+    data, method = _data_and_method(cfg, device)
     info = data.info
-    if cfg.eval.every and data.eval is not None:
-        check_learnable(data.eval, "the online evaluation needs labels: set eval.every=0")
-    method = build_method(cfg, info).to(device)
-    if cfg.train.channels_last:
-        method.to(memory_format=torch.channels_last)
     optimizer = _optimizer(cfg, method)
     tensor = image_tensor(data.images)
     loader, sampler = _loader(cfg, data, tensor, dist, device)
@@ -267,12 +262,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     show = show_progress(dist, progress)
     scoring = cfg.eval.every and data.eval is not None
     if start_epoch == 0 and scoring and dist.is_main:  # the baseline to improve on
-        before = evaluate(method, data.eval, cfg, device, precision, info)
-        for key, value in before.items():
-            writer.add_scalar(f"epoch/{key}", value, 0)
-        history.append({**before, "epoch": 0})
-        print("epoch 0 (before training)  " + "  ".join(f"{k} {v:.4g}" for k, v in
-                                                        before.items()), file=sys.stderr)
+        history.append(_baseline(method, data.eval, cfg, device, precision, info, writer))
     for epoch in range(start_epoch, cfg.train.epochs):
         seed_epoch(cfg.seed, epoch, dist.rank)
         sampler.set_epoch(epoch)
@@ -296,6 +286,30 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     if log is not None:
         log.close()
     return out
+
+
+def _data_and_method(cfg: PretrainConfig, device: torch.device) -> tuple[PretrainData, SSLMethod]:
+    """The pretraining pool (checked for labels if the online evaluation needs them) and the
+    method built for its images, on ``device``."""
+    data = load_pretrain_data(cfg)
+    if cfg.eval.every and data.eval is not None:
+        check_learnable(data.eval, "the online evaluation needs labels: set eval.every=0")
+    method = build_method(cfg, data.info).to(device)
+    if cfg.train.channels_last:
+        method.to(memory_format=torch.channels_last)
+    return data, method
+
+
+def _baseline(method: SSLMethod, splits: ArraySplits, cfg: PretrainConfig, device: torch.device,
+              precision: str, norm: DataInfo, writer: Any) -> dict[str, float]:
+    """The epoch-0 row: the online score before any step, logged to TensorBoard and stderr (not
+    to metrics.jsonl)."""
+    before = evaluate(method, splits, cfg, device, precision, norm)
+    for key, value in before.items():
+        writer.add_scalar(f"epoch/{key}", value, 0)
+    print("epoch 0 (before training)  " + "  ".join(f"{k} {v:.4g}" for k, v in before.items()),
+          file=sys.stderr)
+    return {**before, "epoch": 0}
 
 
 def _loader(cfg: PretrainConfig, data: PretrainData, tensor: torch.Tensor, dist: Dist,
