@@ -28,6 +28,8 @@ def _load(out: Path) -> dict[tuple, dict[str, dict]]:
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for f in (out / "cells" / "finetune").glob("*/metrics.json"):
         m = json.loads(f.read_text())
+        if (m.get("source") or {}).get("method") is None:
+            continue  # from scratch: not one of the candidates
         key = (m["data"], m["label_fraction"], m["source"]["method"], m["seed"])
         name = "auto" if "auto" in m else m["layers"] + (
             f" t{m['truncate']:g}" if m["truncate"] < 100 else "")
