@@ -67,6 +67,6 @@ def writing(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno in DISK_FULL:
+        if is_disk_full(exc):
             raise DiskFullError(path) from exc
         raise UserError(f"cannot write {path}: {exc.strerror or type(exc).__name__}") from exc
