@@ -345,9 +345,10 @@ def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: Dept
 
 
 def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,
-               cpu_seconds: float | None = None) -> None:
+               cpu_seconds: float | None = None, phases: dict[str, float] | None = None) -> None:
     """Add the run's wall time and CPU time of this process (chooser included; on a shared
-    machine the CPU time is the fairer measure of compute) and the auto record to
+    machine the CPU time is the fairer measure of compute), the auto record and the wall
+    seconds per phase (:mod:`ssl_ft.profile`; a resumed run's are this call's only) to
     ``out/metrics.json``, once (a finished run called again keeps its numbers)."""
     path = Path(out) / "metrics.json"
     if not path.is_file():
@@ -360,4 +361,6 @@ def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,
         metrics["cpu_time_s"] = cpu_seconds
     if auto is not None:
         metrics["auto"] = auto
+    if phases is not None:
+        metrics["profile"] = {k: round(v, 4) for k, v in phases.items()}
     write_json(path, metrics)

@@ -11,7 +11,8 @@
 Cells already finished are skipped and unfinished ones resumed, so a killed study continues
 when the same command runs again. With a tune: block the tuning trials (OUT/cells/tune/) run
 first and each group's seeds then use the values chosen on the validation split. The report goes
-to OUT/results.md (with results.csv, summary.csv, tuning.csv and PNG figures).
+to OUT/results.md (with results.csv, summary.csv, tuning.csv and PNG figures); where the time
+went (per group of cells and phase of a run) to OUT/profile.md, profile.json and profile.png.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ssl_ft.runlock import RunLock
     from ssl_ft.study import collect, expand, load_study, run_study, write_report
+    from ssl_ft.study.profile_report import write_profile
     from ssl_ft.study.runner import list_cells
     from ssl_ft.study.tuning_report import tuning_table
 
@@ -58,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         failed = {} if args.report_only else run_study(study, cells)
         tuning = tuning_table(cells, study.out) if study.tune is not None else None
         files = write_report(collect(cells, study.out), study.out, study.name, tuning)
+        files += write_profile(cells, study.out)  # where the time went
     print(f"wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
     if failed:
         raise SystemExit(1)

@@ -43,6 +43,7 @@ from ssl_ft.finite import chance_loss, check_state, warn_if_diverging
 from ssl_ft.leakage import guard_checkpoint
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.profile import phase, profiling
 from ssl_ft.resume import check_same_recipe
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
@@ -170,10 +171,11 @@ def _use_prefix_cache(p: Prepared, model: FinetuneModel, device: torch.device,
     if k == 0 or prefix_bytes(model, k, n_images, info.image_size) > cfg.prefix_cache_gb * 2**30:
         return False
     t0 = time.perf_counter()
-    for split in ("train", "val"):
-        p.cache[split] = prefix_activations(model, p.splits.images[split], k,
-                                            max_value=info.max_value, device=device,
-                                            precision=precision)
+    with phase("prefix_cache"):
+        for split in ("train", "val"):
+            p.cache[split] = prefix_activations(model, p.splits.images[split], k,
+                                                max_value=info.max_value, device=device,
+                                                precision=precision)
     model.input_unit = k
     print(f"prefix cache: the {k} frozen units' activations of {n_images} images computed "
           f"once ({time.perf_counter() - t0:.1f} s); training starts at unit {k}", file=sys.stderr)
@@ -192,12 +194,15 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None
     from ssl_ft.auto_layers import record_run, resolve_auto
 
     t0, c0 = time.perf_counter(), time.process_time()
-    cfg, auto, resume = resolve_auto(cfg, resume=resume)
-    with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
-        out = _finetune(cfg, dist, device, resume, progress, stop_after)
-        if dist.is_main:  # wall/CPU time (chooser included) and the choice, in metrics.json
-            record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0)
-        return out
+    with profiling() as phases:
+        with phase("auto"):
+            cfg, auto, resume = resolve_auto(cfg, resume=resume)
+        with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
+            out = _finetune(cfg, dist, device, resume, progress, stop_after)
+            if dist.is_main:  # wall/CPU time (chooser included), the choice, the phases
+                record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0,
+                           phases)
+            return out
 
 
 def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> None:
@@ -216,7 +221,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     precision = resolve_precision(cfg.precision, device)
     threads = set_threads(cfg.threads, dist)
     seed_everything(cfg.seed)
-    p = prepare(cfg)
+    with phase("setup"):  # data, model, checkpoint, leakage guard
+        p = prepare(cfg)
     model, strategy, info = p.model.to(device), p.strategy, p.splits.info
     optimizer = _optimizer(cfg, strategy)
     x_all, y_all, scale = _train_inputs(p, model, device, precision)
@@ -256,7 +262,9 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
         set_trainable(model, trained)
         if dist.enabled and trained != ddp_units:  # DDP tracks a fixed set of parameters
             net, ddp_units = ddp(model, device), trained
-        step, stats = train_one_epoch(net, p, optimizer, epoch=epoch, step=step, **epoch_args)
+        with phase("train"):
+            step, stats = train_one_epoch(net, p, optimizer, epoch=epoch, step=step,
+                                          **epoch_args)
         check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
         if dist.is_main:
             best = _end_of_epoch(p, out, stats, best, history, optimizer, step, log,
@@ -266,7 +274,8 @@ def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: boo
     if log is not None:
         log.close()
     if dist.is_main and stop == end:  # (a paused run is not finished)
-        finish(p, out, best, history, device, precision, probe, step)
+        with phase("test"):
+            finish(p, out, best, history, device, precision, probe, step)
     return out
 
 
@@ -354,17 +363,20 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
                   probe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
     model, epoch = p.model, stats["epoch"]
-    val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
+    with phase("validate"):
+        val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
     stats.update(val_auc=val["auc"], val_acc=val["acc"])
     score = val_score(val)
     if score > best["auc"]:
         best = {"auc": score, "epoch": epoch}
-        save_finetuned(out / "best.pt", model, run_meta(p, epoch))
+        with phase("checkpoint"):
+            save_finetuned(out / "best.pt", model, run_meta(p, epoch))
     history.append(stats)
     chance = chance_loss(p.splits.info.num_classes)
     warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
     log.epoch(stats, p.cfg.epochs)
-    save_last(p, out, epoch, optimizer, step, best, history, probe)
+    with phase("checkpoint"):
+        save_last(p, out, epoch, optimizer, step, best, history, probe)
     return best
 
 
@@ -378,9 +390,10 @@ def _probe_phase(p: Prepared, out: Path, best: dict[str, Any], history: list[dic
     for ``lp-ft`` model selection is over the fine-tuning epochs only. Returns the probe's
     record and the best so far."""
     model = p.model
-    probe = fit_linear_head(model.backbone, model.head, p.splits, mean=p.source["mean"],
-                            std=p.source["std"], device=device, precision=precision,
-                            c_grid=p.strategy.config.c_grid)
+    with phase("probe"):
+        probe = fit_linear_head(model.backbone, model.head, p.splits, mean=p.source["mean"],
+                                std=p.source["std"], device=device, precision=precision,
+                                c_grid=p.strategy.config.c_grid)
     if not dist.is_main:
         return probe, best
     val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))

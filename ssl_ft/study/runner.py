@@ -16,6 +16,7 @@ which then get their group's chosen values (:mod:`ssl_ft.study.tune`).
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing as mp
 import sys
 import time
@@ -232,6 +233,7 @@ def _run_study(study: Study, cells: list[Cell], workers: int | None,
           f"{len(todo)} to run {how} x {threads} thread(s) ({study.executor})", file=sys.stderr)
     failed: dict[str, str] = {}
     count = [len(cells) - len(todo), len(cells)]
+    t0, started = time.perf_counter(), time.time()
     try:
         for phase in ("pretrain", "tune", "rest"):
             batch = [c for c in todo if _phase(c) == phase]
@@ -243,9 +245,25 @@ def _run_study(study: Study, cells: list[Cell], workers: int | None,
         if pool is not None:
             pool.shutdown(cancel_futures=True)
         bar.close()
+        _log_timing(study.out, {"study": study.name, "started": started,
+                                "wall_s": round(time.perf_counter() - t0, 3),
+                                "cells_run": count[0] - (len(cells) - len(todo)),
+                                "workers": workers, "threads": threads,
+                                "executor": study.executor})
     for cid, err in failed.items():
         print(f"FAILED {cid}: {err}", file=sys.stderr)
     return failed
+
+
+def _log_timing(out: str | Path, line: dict[str, Any]) -> None:
+    """Append a line to ``out/timing.jsonl``: one per finished cell (its id and wall seconds
+    as the runner saw them) and one per call of the runner (so a resumed study keeps every
+    part); read by :mod:`ssl_ft.study.profile_report`."""
+    try:
+        with open(Path(out) / "timing.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    except OSError as exc:  # a record of the time must not hide the study's own error
+        print(f"warning: could not record the study's time: {exc}", file=sys.stderr)
 
 
 def _phase(cell: Cell) -> str:
@@ -286,6 +304,8 @@ def _run_batch(batch: list[Cell], study: Study, threads: int, pool: Executor | N
     def finished(cell: Cell, err: str | None, seconds: float) -> None:
         if err is not None:
             failed[cell.id] = err
+        _log_timing(study.out, {"cell": cell.id, "kind": cell.kind, "wall_s": round(seconds, 3),
+                                "failed": err is not None})
         prune(cell, study.out, study.keep)
         bar.update(1)
         bar.set_postfix_str(f"last {seconds:.0f}s", refresh=False)
