@@ -208,3 +208,33 @@ def test_a_full_disk_in_a_pool_worker_stops_the_study(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match="no space left on device"):
         runner.run_study(study, expand(study), progress=False)
     assert calls
+
+
+@pytest.mark.parametrize(("free", "full"), [(0, True), (10 * 2**30, False)])
+def test_torch_writer_failing_on_a_full_disk_is_a_disk_full_error(tmp_path, monkeypatch, free,
+                                                                  full):
+    """torch's zip writer raises its own RuntimeError (no errno) when a write comes up short: on a
+    disk with (almost) no space left that is a full disk; with space, the error is torch's and
+    propagates unchanged. Either way the old checkpoint is untouched and no temp file is left."""
+    import shutil
+
+    from ssl_ft.checkpoint import save_checkpoint
+    from tests.conftest import grey_meta
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"w": torch.ones(2)}, {**grey_meta(), "epoch": 1})
+    real = torch.save
+
+    def short_write(obj, f, *args, **kwargs):
+        real(obj, f, *args, **kwargs)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1664 vs 1556")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=free))
+    with pytest.raises(DiskFullError if full else RuntimeError, match="no space left" if full
+                       else "unexpected pos"):
+        save_checkpoint(path, {"w": torch.zeros(2)}, {**grey_meta(), "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path).meta["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]

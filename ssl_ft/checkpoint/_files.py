@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import secrets
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -56,13 +57,32 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if is_disk_full(exc):
+        if is_disk_full(exc) or _torch_writer_out_of_space(exc, parent):
             raise DiskFullError(target) from exc
         if isinstance(exc, OSError):
             raise UserError(f"cannot write {target}: {_os_reason(exc)}") from exc
         raise
     _fsync_dir(parent)
     return target
+
+
+#: What torch's zip writer (``torch.save``) raises instead of ``OSError(ENOSPC)`` when a write
+#: comes up short: ``[enforce fail at inline_container.cc:...] . unexpected pos ...`` or
+#: ``PytorchStreamWriter failed writing file ...``.
+_TORCH_WRITER = ("inline_container", "PytorchStreamWriter")
+#: Free bytes below which such a failure is taken for a full disk.
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+def _torch_writer_out_of_space(exc: BaseException, folder: Path) -> bool:
+    """Whether ``exc`` is torch's zip writer failing on a (nearly) full disk: its own
+    ``RuntimeError`` carries no errno, so the free space of ``folder`` decides."""
+    if not (isinstance(exc, RuntimeError) and any(m in str(exc) for m in _TORCH_WRITER)):
+        return False
+    try:
+        return shutil.disk_usage(folder).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
 
 
 #: Testing hooks (tools/killtest.py): ``SSL_FT_KILL_AT_WRITE=N`` makes the process SIGKILL itself
