@@ -362,5 +362,5 @@ def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,
     if auto is not None:
         metrics["auto"] = auto
     if phases is not None:
-        metrics["profile"] = {k: round(v, 4) for k, v in phases.items()}
+        metrics["profile_s"] = {k: round(v, 4) for k, v in phases.items()}
     write_json(path, metrics)

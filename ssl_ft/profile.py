@@ -4,7 +4,7 @@
 ``with phase("train"):`` adds its wall seconds to that phase. Outside a record ``phase`` costs a
 clock read and keeps nothing, so library code can be instrumented unconditionally. Records nest:
 an inner ``profiling()`` (a fusion run inside a study, say) keeps its own and leaves the outer
-one's untouched. Fine-tuning writes its record to ``metrics.json`` under ``profile``; a study
+one's untouched. Fine-tuning writes its record to ``metrics.json`` under ``profile_s``; a study
 sums them (``ssl_ft.study.profile_report``) to show what its cells spend their time on (issue
 16, item 4).
 """

@@ -10,6 +10,17 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `-n N`'s test processes: one thread each,
+    os.environ["OMP_NUM_THREADS"] = "1"  # also in the tools it starts, so that N processes
+    torch.set_num_threads(1)  # never fight over N cores (docs/performance.md: 10-20x slower)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:  # noqa: ARG001 (the hook's)
+    """``-n auto`` (the default, pyproject.toml): one test process per core this process may
+    use, at most 4 (each holds its own copy of the datasets it reads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
+
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:

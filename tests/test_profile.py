@@ -73,17 +73,17 @@ def test_a_study_records_its_time_and_writes_the_profile(data_root, tmp_path, to
                                      (out / "cells" / "finetune").rglob("metrics.json"))}
     assert set(runs) == {"50-100", "0-75"}
     for m in runs.values():
-        prof = m["profile"]
+        prof = m["profile_s"]
         assert set(prof) <= set(PHASES)
         assert all(prof[k] > 0 for k in ("setup", "train", "validate", "checkpoint", "test"))
         assert sum(prof.values()) <= m["wall_time_s"]
     # the random init's frozen stem..layer2 of 50-100 is cached; 0-75 t75 trains from the stem
-    assert runs["50-100"]["profile"]["prefix_cache"] > 0 and "prefix_cache" not in runs["0-75"]["profile"]
+    assert runs["50-100"]["profile_s"]["prefix_cache"] > 0 and "prefix_cache" not in runs["0-75"]["profile_s"]
     rep = json.loads((out / "profile.json").read_text())
     assert sorted(rep["groups"]) == ["pneumoniamnist 100% 0-75 t75", "pneumoniamnist 100% 50-100",
                                      "pneumoniamnist 100% fusion"]
     assert rep["groups"]["pneumoniamnist 100% 50-100"]["train"] == pytest.approx(
-        runs["50-100"]["profile"]["train"])
+        runs["50-100"]["profile_s"]["train"])
     assert rep["calls"] == 2 and rep["study_s"] == pytest.approx(sum(c["wall_s"] for c in calls))
     assert rep["cells_s"] == pytest.approx(sum(x["wall_s"] for x in cells))
     md = (out / "profile.md").read_text()

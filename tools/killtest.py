@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: ``probe_seconds``, ...), and ``created`` (a checkpoint's write time).
 TIMING_SUFFIXES = ("_seconds", "_s")
 TIMING_KEYS = ("seconds", "created")
+#: Files that hold nothing but wall-clock records (a study's, ssl_ft.study.profile_report).
+TIMING_FILES = ("timing.jsonl", "profile.json")
 
 
 def is_timing(key: object) -> bool:
@@ -140,6 +142,8 @@ def fingerprint(out: Path) -> dict[str, object]:
     fp: dict[str, object] = {}
     for path in sorted(out.rglob("*")):
         rel = str(path.relative_to(out))
+        if path.name in TIMING_FILES:
+            continue
         if path.suffix == ".pt":
             obj = torch.load(path, map_location="cpu", weights_only=True)
             fp[rel] = _tensors({k: obj[k] for k in ("backbone", "extra", "meta")})

@@ -81,6 +81,8 @@ class Study:
     finetune: Section | None = None
     ensemble: Section | None = None
     tune: Tune | None = None       # per-strategy tuning of the finetune cells (ssl_ft.study.tune)
+    reuse: list[str] = field(default_factory=list)  # other studies' out: their equal runs are
+    #                                                 copied, not run again (ssl_ft.study.reuse)
 
     def __post_init__(self) -> None:
         if self.workers < 1:

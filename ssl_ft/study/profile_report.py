@@ -1,6 +1,6 @@
 """Where a study's wall time went (issue 16, item 4): ``profile.md``, ``profile.json`` and
 ``profile.png`` from the runner's ``timing.jsonl`` (every cell's wall seconds, every call's
-wall time) and each fine-tuning cell's phase seconds (``metrics.json["profile"]``,
+wall time) and each fine-tuning cell's phase seconds (``metrics.json["profile_s"]``,
 :mod:`ssl_ft.profile`).
 
 Rows group the fine-tuning cells by data, labels and selection (fusion cells by data and
@@ -82,7 +82,7 @@ def study_profile(cells: list[Cell], out: str | Path) -> dict[str, Any]:
                                                 **dict.fromkeys(COLUMNS, 0.0)})
         g["cells"] += 1
         g["wall_s"] += wall
-        phases = m.get("profile", {})
+        phases = m.get("profile_s", {})
         for name in PHASES:
             g[name] += phases.get(name, 0.0)
         g["other"] += max(0.0, wall - sum(phases.get(n, 0.0) for n in PHASES))

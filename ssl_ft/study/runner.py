@@ -31,6 +31,7 @@ from ssl_ft.errors import DiskFullError, UserError, is_disk_full
 from ssl_ft.runlock import LOCK_NAME, RunLock, is_temp_file
 from ssl_ft.runtime import available_cores
 from ssl_ft.study.grid import KEEP, Cell, Study
+from ssl_ft.study.reuse import reuse_cells
 from ssl_ft.study.tune import diverged, resolve
 
 __all__ = ["check_inputs", "is_done", "list_cells", "prune", "run_cell", "run_study"]
@@ -218,6 +219,7 @@ def run_study(study: Study, cells: list[Cell], *, workers: int | None = None,
 
 def _run_study(study: Study, cells: list[Cell], workers: int | None,
                progress: bool | None) -> dict[str, str]:
+    reuse_cells(cells, study.out, study.reuse)
     workers = workers or study.workers
     threads = study.threads or (study.slurm.cpus_per_task if study.executor == "slurm"
                                 else max(1, available_cores() // workers))

@@ -1,0 +1,47 @@
+"""A study reuses the finished runs of another study that are the same run (``reuse:``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ssl_ft.study import expand, load_study, run_study
+from ssl_ft.study.reuse import run_key
+
+TINY = Path(__file__).resolve().parents[1] / "recipes" / "study" / "tiny.yaml"
+ONE = ["threads=1", "finetune.grid.label_fraction=[1.0]", "finetune.grid.seed=[0]",
+       "finetune.grid.strategy=[ft]", "ensemble=null"]
+
+
+def _ran(out: Path) -> list[str]:
+    return [json.loads(x)["cell"] for x in (out / "timing.jsonl").read_text().splitlines()
+            if '"cell"' in x]
+
+
+def test_equal_runs_are_copied_and_others_run(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_FT_DATA", str(data_root))
+    first = load_study(TINY, [f"out={tmp_path / 'a'}", *ONE])
+    cells_a = expand(first)
+    assert run_study(first, cells_a, progress=False) == {}
+    # the same two runs with another thread count, and both again with another learning rate
+    second = load_study(TINY, [f"out={tmp_path / 'b'}", *ONE, "threads=2",
+                               f"reuse=[{tmp_path / 'a'}]", "finetune.extra=[{lr: 0.01}]"])
+    cells_b = expand(second)
+    assert len(cells_b) == 4
+    assert run_study(second, cells_b, progress=False) == {}
+    ran = _ran(tmp_path / "b")
+    assert len(ran) == 2 and all("0.01" in c for c in ran), ran  # only the new runs ran
+    for a in cells_a:
+        b = next(c for c in cells_b if c.id == a.id)
+        folder = b.folder(second.out)
+        assert (folder / "reused_from.txt").read_text().strip() == str(a.folder(first.out).resolve())
+        assert json.loads((folder / "metrics.json").read_text()) == \
+            json.loads((a.folder(first.out) / "metrics.json").read_text())
+        assert (folder / "model.pt").is_file()
+
+
+def test_the_key_ignores_out_and_threads_only():
+    base = {"checkpoint": "none", "arch": "resnet18", "data": "pneumoniamnist", "out": "x"}
+    assert run_key(base) == run_key({**base, "out": "y", "threads": 2})
+    assert run_key(base) != run_key({**base, "seed": 1})
+    assert run_key(base) != run_key({**base, "epochs": 3})
