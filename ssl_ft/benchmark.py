@@ -7,10 +7,14 @@ Pretraining (images/s, an image = one sample of the batch; both views counted on
   fp32 and in bf16 autocast (the fastest precision of a CPU with native bf16);
 * ``ssl_ft``: :func:`ssl_ft.pretrain.train_one_epoch` over the engine's ``DataLoader`` of raw
   images with the real :class:`~ssl_ft.augment.BatchAugment`, at pretraining's default precision,
-  and the same with the model in ``channels_last`` memory format (``train.channels_last``);
+  and the same with a copy of the model in the other memory format (``contiguous``, the layout
+  before ``train.channels_last`` became the default);
 * ``lightly``: the usual loop of lightly's examples -- ``SimCLRTransform`` / ``MoCoV2Transform``
   on PIL images through a ``DataLoader`` (``num_workers`` 0 and 2) -- into the same model and
   loss, fp32 (restorative methods have no lightly transform: no such row).
+
+Every pretraining row but the ``contiguous`` one runs the model in pretraining's default memory
+format (channels_last), the limits included, so each ratio compares like with like.
 
 Fine-tuning (:func:`finetune_epochs`): the real :func:`ssl_ft.finetune.finetune` for each layer
 range, with and without the frozen-prefix cache, second-epoch images/s, at fine-tuning's default
@@ -158,14 +162,18 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     """The pretraining contenders (module docstring) for ``images`` ``(N, C, S, S)`` uint8,
     each a function ``run(steps=steps)`` that trains ``steps`` steps of ``batch`` images and
     returns images/s.
-    ``channels_last``: also ``ssl_ft (<precision>, channels_last)``, a second copy of the
-    method whose model is in channels_last memory format, as ``train.channels_last`` makes it."""
+    ``channels_last``: pretraining's memory format (``train.channels_last``, on by default).
+    The limits, ``ssl_ft (<precision>)`` and the lightly loops use the method in that format
+    (the usual loop gets the same model: only the data path differs); ``ssl_ft (<precision>,
+    contiguous)`` / ``(<precision>, channels_last)`` is a second copy in the other format."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from ssl_ft.pretrain.engine import train_one_epoch
 
     size = images.shape[-1]
     method = _method(method_name, images, size, stem)
+    if channels_last:  # as the engine does for train.channels_last: the whole method
+        method.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
                           momentum=0.9)
     real_augment = method.augment
@@ -196,11 +204,13 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
         return run
 
     out[f"ssl_ft ({precision})"] = ssl_ft(method, opt)
-    if channels_last:  # as the engine does for train.channels_last: the whole method
-        cl = _method(method_name, images, size, stem).to(memory_format=torch.channels_last)
-        cl_opt = torch.optim.SGD([p for p in cl.parameters() if p.requires_grad], lr=0.01,
-                                 momentum=0.9)
-        out[f"ssl_ft ({precision}, channels_last)"] = ssl_ft(cl, cl_opt)
+    other = _method(method_name, images, size, stem)
+    if not channels_last:
+        other.to(memory_format=torch.channels_last)
+    other_opt = torch.optim.SGD([p for p in other.parameters() if p.requires_grad], lr=0.01,
+                                momentum=0.9)
+    out[f"ssl_ft ({precision}, {'contiguous' if channels_last else 'channels_last'})"] = \
+        ssl_ft(other, other_opt)
     if method_name in ("simclr", "moco"):
         for workers in lightly_workers:
             out[f"lightly loop, {workers} workers"] = _lightly_loop(

@@ -95,8 +95,11 @@ def linear_probe(
     check_input_size(backbone, info.image_size)
     DepthMap.from_backbone(backbone).select("0-100", truncate).apply(backbone)
     # after the cheaper checks, so that a bad flag is the probe's one line of output
+    whole = None if label_fraction == 1 else load_data(  # the target's own unlabelled data
+        data, data_root=data_root, limit=limit, seed=seed, size=size,
+        channels=channels or meta.get("in_chans")).images["train"]
     guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
-                     allow=allow_overlap,
+                     allow=allow_overlap, own_train=whole,
                      warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     norm = {"mean": source["mean"], "std": source["std"]}
     dev = torch.device(device)

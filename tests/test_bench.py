@@ -52,7 +52,7 @@ def _report(**change) -> dict:
         "pretrain": {
             "simclr_28": {"limit fp32": _row(200), "limit bf16": _row(300),  # bf16 1.5x
                           "ssl_ft (bf16)": _row(285),  # 0.95x the limit
-                          "ssl_ft (bf16, channels_last)": _row(250),
+                          "ssl_ft (bf16, contiguous)": _row(250),
                           "lightly loop, 0 workers": _row(150),
                           "lightly loop, 2 workers": _row(200)},  # 285 / 200 = 1.425
             "genesis_64": {"limit fp32": _row(20), "limit bf16": _row(40),
@@ -200,7 +200,11 @@ def test_real_contenders_at_a_toy_size(data_root, tmp_path):
     runs = B.pretrain_contenders("simclr", images, batch=8, steps=2, precision="bf16",
                                  lightly_workers=(0,))
     assert list(runs) == ["limit fp32", "limit bf16", "ssl_ft (bf16)",
-                          "ssl_ft (bf16, channels_last)", "lightly loop, 0 workers"]
+                          "ssl_ft (bf16, contiguous)", "lightly loop, 0 workers"]
+    # the default memory format is pretraining's: channels_last; the copy is contiguous
+    assert set(B.pretrain_contenders("simclr", images, batch=8, steps=1, precision="fp32",
+                                     lightly_workers=(), channels_last=False)) == {
+        "limit fp32", "limit bf16", "ssl_ft (fp32)", "ssl_ft (fp32, channels_last)"}
     res = alternate(runs, 1, warmup_args={"steps": 1})
     assert all(r.median > 0 and r.peak_rss > 0 for r in res.values())
     ft = B.finetune_epochs("pneumoniamnist", str(data_root), str(tmp_path), limit=32,
@@ -227,7 +231,7 @@ def test_bench_tool_runs_every_contender(data_root, tmp_path):
     rows = report["pretrain"]["simclr_28"]
     assert {"limit fp32", "limit bf16", "lightly loop, 0 workers",
             "lightly loop, 2 workers"} <= set(rows)
-    assert sum(k.startswith("ssl_ft (") for k in rows) == 2  # default and channels_last
+    assert sum(k.startswith("ssl_ft (") for k in rows) == 2  # default and contiguous
     assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows.values())
     assert set(report["finetune"]) == set(B.FINETUNE_CONTENDERS)
     assert all(r["images_per_s"] > 0 for r in report["finetune"].values())

@@ -154,6 +154,18 @@ def test_pretraining_on_the_targets_own_train_split_passes(data_root, tmp_path):
     report = guard_checkpoint(str(out / "checkpoint.pt"), splits.images, target="breastmnist")
     assert report.checked and report.leaked == 0
     assert report.own_duplicates.get("test", 0) > 10  # the official split's own near-copies
+    # with 10 % of the labels the labelled subset lacks most of those train images, but the
+    # whole train split is still the target's own: probe and fusion pass too (found by the
+    # Khan & Fang study: its fusion cells at 1 % and 10 % were refused)
+    from ssl_ft.ensemble import EnsembleConfig, ensemble
+    from ssl_ft.probe import linear_probe
+
+    ckpt = str(out / "checkpoint.pt")
+    assert linear_probe(ckpt, "breastmnist", data_root=str(data_root), label_fraction=0.1).test
+    ensemble(EnsembleConfig(checkpoints=[ckpt, ckpt], data="breastmnist", label_fraction=0.1,
+                            data_root=str(data_root), out=str(tmp_path / "fusion"),
+                            cache_dir=str(tmp_path / "cache"), threads=1))
+    assert (tmp_path / "fusion" / "metrics.json").is_file()
 
 
 LC = "lc25000_lung_colon_histology_64"

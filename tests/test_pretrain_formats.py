@@ -35,7 +35,10 @@ def _close_to(run: dict, ref: dict, init: dict) -> None:
 
 
 def test_channels_last_trains_the_same_weights(data_root, tmp_path):
-    ref = _run(data_root, tmp_path / "ref")
+    from ssl_ft.pretrain.config import TrainConfig
+
+    assert TrainConfig().channels_last  # the default (docs/performance.md: 1.08-1.65x here)
+    ref = _run(data_root, tmp_path / "ref", "train.channels_last=false")
     cl = _run(data_root, tmp_path / "cl", "train.channels_last=true")
     assert ref.keys() == cl.keys()
     # saved tensors are plain contiguous ones, whatever layout the model trained in

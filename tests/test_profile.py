@@ -51,41 +51,51 @@ def test_a_failing_block_is_still_timed_and_the_record_closed(clock):
 
 
 def test_a_study_records_its_time_and_writes_the_profile(data_root, tmp_path, tool, monkeypatch):
-    """tools/study.py as a user runs it: every fine-tuning cell keeps its phases, the runner
-    its cells' and its own wall time, and the report sums them per group."""
+    """tools/study.py as a user runs it, with two worker processes and four fine-tuning cells (two
+    wait in the queue): every fine-tuning cell keeps its phases, the runner its cells' wall
+    times (as the cells' processes measured them, not from when they were queued) and its own,
+    and the report sums them per group."""
     from ssl_ft.profile import PHASES
 
     monkeypatch.setenv("SSL_FT_DATA", str(data_root))
     mod = tool("study")
     out = tmp_path / "s"
-    argv = [str(Path(__file__).resolve().parents[1] / "recipes" / "study" / "tiny.yaml"), f"out={out}", "threads=1", "finetune.grid.seed=[0]",
-            "finetune.grid.label_fraction=[1.0]", "finetune.grid.strategy=[ft]",
-            "ensemble.grid.seed=[0]"]
+    argv = [str(Path(__file__).resolve().parents[1] / "recipes" / "study" / "tiny.yaml"),
+            f"out={out}", "threads=1", "finetune.grid.seed=[0,1]", "finetune.grid.strategy=[ft]",
+            "finetune.grid.label_fraction=[1.0]", "ensemble.grid.seed=[0]", "workers=2"]
     assert mod.run(mod.main, argv) == 0
     assert mod.run(mod.main, argv) == 0  # nothing left to run: one more call line, no cell
     lines = [json.loads(x) for x in (out / "timing.jsonl").read_text().splitlines()]
     cells = [x for x in lines if "cell" in x]
     calls = [x for x in lines if "study" in x]
-    assert sorted(x["kind"] for x in cells) == ["ensemble", "finetune", "finetune"]
-    assert [c["cells_run"] for c in calls] == [3, 0]
-    assert calls[0]["wall_s"] >= sum(x["wall_s"] for x in cells) > 0
-    runs = {m["layers"]: m for m in (json.loads(p.read_text()) for p in
-                                     (out / "cells" / "finetune").rglob("metrics.json"))}
-    assert set(runs) == {"50-100", "0-75"}
-    for m in runs.values():
+    assert sorted(x["kind"] for x in cells) == ["ensemble"] + ["finetune"] * 4
+    assert [c["cells_run"] for c in calls] == [5, 0] and calls[0]["workers"] == 2
+    assert all(x["own"] for x in cells)
+    runs = {json.loads((out / "cells" / x["cell"] / "metrics.json").read_text())["recipe"]["out"]:
+            x for x in cells if x["kind"] == "finetune"}
+    metrics = {k: json.loads((Path(k) / "metrics.json").read_text()) for k in runs}
+    for k, line in runs.items():  # the cell's own time (finetune()'s, plus its log): not queued
+        assert line["wall_s"] == pytest.approx(metrics[k]["wall_time_s"], abs=2.0), line
+    assert calls[0]["wall_s"] < sum(x["wall_s"] for x in cells)  # two cells at a time
+    by_layers = {m["layers"]: m for m in metrics.values()}
+    assert set(by_layers) == {"50-100", "0-75"}
+    for m in metrics.values():
         prof = m["profile_s"]
         assert set(prof) <= set(PHASES)
         assert all(prof[k] > 0 for k in ("setup", "train", "validate", "checkpoint", "test"))
         assert sum(prof.values()) <= m["wall_time_s"]
     # the random init's frozen stem..layer2 of 50-100 is cached; 0-75 t75 trains from the stem
-    assert runs["50-100"]["profile_s"]["prefix_cache"] > 0 and "prefix_cache" not in runs["0-75"]["profile_s"]
+    assert by_layers["50-100"]["profile_s"]["prefix_cache"] > 0
+    assert "prefix_cache" not in by_layers["0-75"]["profile_s"]
     rep = json.loads((out / "profile.json").read_text())
     assert sorted(rep["groups"]) == ["pneumoniamnist 100% 0-75 t75", "pneumoniamnist 100% 50-100",
                                      "pneumoniamnist 100% fusion"]
-    assert rep["groups"]["pneumoniamnist 100% 50-100"]["train"] == pytest.approx(
-        runs["50-100"]["profile_s"]["train"])
+    assert rep["groups"]["pneumoniamnist 100% 50-100"]["train"] == pytest.approx(sum(
+        m["profile_s"]["train"] for m in metrics.values() if m["layers"] == "50-100"))
     assert rep["calls"] == 2 and rep["study_s"] == pytest.approx(sum(c["wall_s"] for c in calls))
-    assert rep["cells_s"] == pytest.approx(sum(x["wall_s"] for x in cells))
+    ensemble = next(x["wall_s"] for x in cells if x["kind"] == "ensemble")
+    assert rep["cells_s"] == pytest.approx(sum(m["wall_time_s"] for m in metrics.values())
+                                           + ensemble)
     md = (out / "profile.md").read_text()
-    assert "| **all** | 3 |" in md and "prefix_cache" in md
+    assert "| **all** | 5 |" in md and "prefix_cache" in md
     assert (out / "profile.png").read_bytes()[:4] == b"\x89PNG"

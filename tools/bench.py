@@ -104,10 +104,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ssl_ft.data import load_data
     from ssl_ft.errors import UserError
     from ssl_ft.methods import METHODS
+    from ssl_ft.pretrain.config import TrainConfig
     from ssl_ft.runtime import Dist, cpu_has_bf16, resolve_precision, set_threads
 
     threads = set_threads(args.threads, Dist())
     precision = resolve_precision("auto", torch.device("cpu"), cpu_auto="bf16")
+    channels_last = TrainConfig().channels_last  # pretraining's default memory format
     for flag in ("rounds", "finetune_rounds", "steps", "finetune_limit", "batch"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -131,11 +133,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{', '.join(repr(n) for n in FINETUNE_CONTENDERS)}")
     ft_limit = args.finetune_limit or (300 if args.quick else 1500)
     clock = _Clock()
-    report = {"threads": threads, "precision": precision, "cpu_bf16": cpu_has_bf16(),
+    report = {"threads": threads, "precision": precision, "channels_last": channels_last,
+              "cpu_bf16": cpu_has_bf16(),
               "rounds": rounds, "finetune_rounds": ft_rounds, "batch": args.batch,
               "steps": {}, "finetune_limit": ft_limit, "torch": torch.__version__,
               "pretrain": {}, "finetune": {}, "probe_vs_forward": None}
-    lines = [f"{threads} threads, pretraining default precision {precision}, batch {args.batch}, "
+    lines = [f"{threads} threads, pretraining default precision {precision}"
+             f"{', channels_last' if channels_last else ''}, batch {args.batch}, "
              f"{rounds} round(s) after a 1-step warm-up, median images/s"]
     for method, size in configs:
         steps = args.steps or (2 if args.quick or size > 28 else 4)
@@ -143,7 +147,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             images = load_data(DATA[size], data_root=args.data_root,
                                limit=args.batch * steps).images["train"]
             res = alternate(pretrain_contenders(method, images, batch=args.batch, steps=steps,
-                                                precision=precision), rounds,
+                                                precision=precision,
+                                                channels_last=channels_last), rounds,
                             warmup_args={"steps": 1})
         rows = {k: r.as_dict() for k, r in res.items()}
         lines += table(f"{method} resnet18 {size} px ({DATA[size]}), {steps} steps a call", rows,

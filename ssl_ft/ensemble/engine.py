@@ -28,6 +28,7 @@ from torch import nn
 
 from ssl_ft.checkpoint import write_json
 from ssl_ft.config import load_recipe, to_dict
+from ssl_ft.data import load_data
 from ssl_ft.ensemble.config import EnsembleConfig
 from ssl_ft.ensemble.members import (
     Member,
@@ -178,9 +179,12 @@ def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
     members = load_members(cfg)
     splits = members[0].splits
     info, labels = splits.info, splits.labels
-    for m in members:
+    for m in members:  # a labelled subset: the whole train split is the target's own data
+        whole = None if cfg.label_fraction == 1 else load_data(
+            cfg.data, data_root=cfg.data_root, size=cfg.size, channels=m.splits.info.n_channels,
+            limit=cfg.limit, seed=cfg.seed, download=cfg.download).images["train"]
         guard_checkpoint(m.checkpoint, m.splits.images, target=info.name,
-                         allow=cfg.allow_overlap,
+                         allow=cfg.allow_overlap, own_train=whole,
                          warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if cfg.strategy != "lp" and len({m.splits.info.n_channels for m in members}) > 1:
         raise UserError("joint fine-tuning needs models with the same input channels; use "

@@ -63,7 +63,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
     deterministic: bool = False    # torch.use_deterministic_algorithms (exact resume on the CPU)
-    channels_last: bool = False    # backbone in channels_last memory format (see docs/performance.md)
+    channels_last: bool = True     # the method in channels_last memory format: 1.08-1.65x here (docs/performance.md)
     compile: bool = False          # torch.compile the backbone (GPU; see docs/performance.md)
 
     def __post_init__(self) -> None:

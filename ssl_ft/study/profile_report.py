@@ -27,7 +27,9 @@ COLUMNS = (*PHASES, "other")
 
 
 def _timing(out: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """``({cell id: last wall seconds}, [runner calls])`` from ``out/timing.jsonl``."""
+    """``({cell id: last wall seconds}, [runner calls])`` from ``out/timing.jsonl``; a cell's
+    seconds only if its own process measured them (``own``; lines written before that field
+    existed timed pooled cells from their queueing: left out)."""
     cells: dict[str, float] = {}
     calls: list[dict[str, Any]] = []
     path = out / "timing.jsonl"
@@ -37,7 +39,7 @@ def _timing(out: Path) -> tuple[dict[str, float], list[dict[str, Any]]]:
                 rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut short by a kill
                 continue
-            if "cell" in rec:
+            if "cell" in rec and rec.get("own"):
                 cells[rec["cell"]] = float(rec["wall_s"])
             elif "study" in rec:
                 calls.append(rec)
@@ -75,7 +77,7 @@ def study_profile(cells: list[Cell], out: str | Path) -> dict[str, Any]:
         if cell.kind == "pretrain" or cell.trial is not None or not path.is_file():
             continue
         m = json.loads(path.read_text())
-        wall = walls.get(cell.id, m.get("wall_time_s"))
+        wall = m.get("wall_time_s") or walls.get(cell.id)  # fine-tuning times itself
         if wall is None:
             continue
         g = groups.setdefault(_group(cell, m), {"cells": 0, "wall_s": 0.0, "warmup": 0.0,

@@ -187,6 +187,13 @@ def run_cell(kind: str, config: dict[str, Any], folder: str, threads: int | None
         raise
 
 
+def timed_cell(kind: str, config: dict[str, Any], folder: str,
+               threads: int | None) -> tuple[str | None, float]:
+    """:func:`run_cell` and its wall seconds, measured where it runs (a pool's queue excluded)."""
+    t0 = time.perf_counter()
+    return run_cell(kind, config, folder, threads), time.perf_counter() - t0
+
+
 def _call(kind: str, config: dict[str, Any], folder: str, threads: int | None) -> None:
     from ssl_ft.config import from_dict
 
@@ -303,11 +310,12 @@ def _pool(study: Study, workers: int) -> Executor | None:
 
 def _run_batch(batch: list[Cell], study: Study, threads: int, pool: Executor | None,
                bar: tqdm, failed: dict[str, str], count: list[int], show: bool) -> None:
-    def finished(cell: Cell, err: str | None, seconds: float) -> None:
+    def finished(cell: Cell, err: str | None, seconds: float, own: bool = True) -> None:
         if err is not None:
             failed[cell.id] = err
+        # own: measured by the cell's process (False: since it was queued, a worker that died)
         _log_timing(study.out, {"cell": cell.id, "kind": cell.kind, "wall_s": round(seconds, 3),
-                                "failed": err is not None})
+                                "own": own, "failed": err is not None})
         prune(cell, study.out, study.keep)
         bar.update(1)
         bar.set_postfix_str(f"last {seconds:.0f}s", refresh=False)
@@ -324,16 +332,20 @@ def _run_batch(batch: list[Cell], study: Study, threads: int, pool: Executor | N
         return
     running: dict[Future, tuple[Cell, float]] = {}
     for cell in batch:
-        fut = pool.submit(run_cell, cell.kind, cell.config, str(cell.folder(study.out)), threads)
+        fut = pool.submit(timed_cell, cell.kind, cell.config, str(cell.folder(study.out)),
+                          threads)
         running[fut] = (cell, time.perf_counter())
     while running:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for fut in done:
             cell, t0 = running.pop(fut)
+            seconds, own = time.perf_counter() - t0, False  # since it was queued
             try:
                 err = fut.result()
+                if isinstance(err, tuple):  # (error, its own wall seconds)
+                    (err, seconds), own = err, True
             except DiskFullError:  # the study stops (the pool is shut down by the caller)
                 raise
             except Exception as exc:  # noqa: BLE001  (a worker died)
                 err = f"{type(exc).__name__}: {exc}"
-            finished(cell, err, time.perf_counter() - t0)
+            finished(cell, err, seconds, own)

@@ -105,11 +105,11 @@ class CellTask:
     ``CUDA_VISIBLE_DEVICES`` is left alone, the runtime picks ``cuda:LOCAL_RANK``); only rank 0
     logs into the cell's ``log.txt`` and ``error.txt``."""
 
-    def __init__(self, fn: Callable[..., str | None]) -> None:
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
     def __call__(self, kind: str, config: dict[str, Any], folder: str,
-                 threads: int | None) -> str | None:
+                 threads: int | None) -> Any:
         import submitit
 
         env = submitit.JobEnvironment()
