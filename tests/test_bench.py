@@ -137,8 +137,9 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     rates = _report()["pretrain"]["simclr_28"]
     calls: list[tuple[str, dict]] = []
 
-    def fake_pretrain(method, images, *, batch, steps, precision):
+    def fake_pretrain(method, images, *, batch, steps, precision, channels_last):
         assert images.shape == (16 * 3, 1, 28, 28) and (batch, steps, precision) == (16, 3, "bf16")
+        assert channels_last  # pretraining's default memory format
         return {n: (lambda n=n, **kw: calls.append((n, kw)) or rates[n]["images_per_s"])
                 for n in rates}
 

@@ -102,7 +102,7 @@ def test_pretraining_on_a_full_disk_keeps_the_last_good_checkpoint(data_root, tm
             ] == [1, 2]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["runtime"]["precision"] in ("bf16", "fp32")  # what `auto` resolved to
-    assert summary["runtime"]["channels_last"] is False
+    assert summary["runtime"]["channels_last"] is True  # the default
 
 
 def _finetune_argv(data_root, out):

@@ -76,7 +76,6 @@ def test_a_study_records_its_time_and_writes_the_profile(data_root, tmp_path, to
     metrics = {k: json.loads((Path(k) / "metrics.json").read_text()) for k in runs}
     for k, line in runs.items():  # the cell's own time (finetune()'s, plus its log): not queued
         assert line["wall_s"] == pytest.approx(metrics[k]["wall_time_s"], abs=2.0), line
-    assert calls[0]["wall_s"] < sum(x["wall_s"] for x in cells)  # two cells at a time
     by_layers = {m["layers"]: m for m in metrics.values()}
     assert set(by_layers) == {"50-100", "0-75"}
     for m in metrics.values():

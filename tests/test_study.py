@@ -440,7 +440,8 @@ def test_auto_study_runs_two_cells(data_root, tmp_path, tool, monkeypatch):
     argv = [str(REPO / "recipes" / "study" / "auto.yaml"), f"out={tmp_path / 's'}", "threads=1",
             f"checkpoints.simclr={ck}", "finetune.grid.checkpoint=[simclr]",
             "finetune.grid.seed=[0]", "finetune.base.limit=100",
-            "finetune.grid.data,label_fraction,epochs,batch_size=[[breastmnist,1.0,2,32]]",
+            "finetune.grid.data,label_fraction,epochs,batch_size,size,channels="
+            "[[breastmnist,1.0,2,32,null,null]]",
             "finetune.grid.layers,truncate=[[auto,auto],[0-100,100]]"]
     assert mod.run(mod.main, argv) == 0
     text = (tmp_path / "s" / "results.md").read_text()

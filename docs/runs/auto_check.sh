@@ -23,6 +23,6 @@ for d in "pneumoniamnist 0.1" "breastmnist 1.0"; do
 done
 python tools/study.py recipes/study/auto.yaml out="$RUNS/study" threads=1 \
   "checkpoints.simclr=$RUNS/qs/checkpoint.pt" "checkpoints.genesis=$RUNS/genesis/checkpoint.pt" \
-  "finetune.grid.data,label_fraction,epochs,batch_size=[[pneumoniamnist,0.1,14,64],[breastmnist,1.0,14,64]]" \
+  "finetune.grid.data,label_fraction,epochs,batch_size,size,channels=[[pneumoniamnist,0.1,14,64,null,null],[breastmnist,1.0,14,64,null,null]]" \
   "finetune.grid.seed=[0,1]"
 python docs/runs/auto_rules.py "$RUNS/study"   # the rule against the alternatives
