@@ -189,7 +189,9 @@ def _module(tmp_path, monkeypatch, mut):
     (tmp_path / "mutpkg" / "m.py").write_text(SOURCE)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(mut, "REPO", tmp_path)
-    sys.modules.pop("mutpkg.m", None)
+    for name in ("mutpkg.m", "mutpkg"):  # a package cached by an earlier test points to its
+        sys.modules.pop(name, None)       # tmp_path, deleted once that test passed
+    importlib.invalidate_caches()
     return importlib.import_module("mutpkg.m")
 
 
