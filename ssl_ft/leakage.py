@@ -42,6 +42,7 @@ so a code does not depend on whether a pipeline converted the image to grey befo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ __all__ = [
     "find_matches",
     "guard_checkpoint",
     "image_codes",
+    "own_train_split",
     "recorded_codes",
 ]
 
@@ -217,6 +219,17 @@ def check_leakage(seen: np.ndarray | None, images: dict[str, np.ndarray], *,
         if warn is not None:
             warn("allowed overlap: " + msg.split(" (data.exclude)")[0])
     return report
+
+
+def own_train_split(label_fraction: float, data: str, **load_kwargs: Any) -> np.ndarray | None:
+    """The target's whole train split (``load_data(data, **load_kwargs)``) when a consumer
+    trains on a labelled subset of it (``label_fraction`` < 1): the ``own_train`` of
+    :func:`check_leakage`. ``None`` when the consumer's train split is already all of it."""
+    if label_fraction == 1:
+        return None
+    from ssl_ft.data import load_data
+
+    return load_data(data, **load_kwargs).images["train"]
 
 
 def recorded_codes(checkpoint: str | None) -> tuple[np.ndarray | None, bool]:

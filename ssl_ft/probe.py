@@ -29,7 +29,7 @@ from ssl_ft.features import (  # noqa: F401  (fit_probe, head_from_probe: re-exp
     probe_features,
 )
 from ssl_ft.finetune.model import build_backbone
-from ssl_ft.leakage import guard_checkpoint
+from ssl_ft.leakage import guard_checkpoint, own_train_split
 from ssl_ft.models import DepthMap, check_input_size
 
 __all__ = ["C_GRID", "ProbeResult", "fit_probe", "head_from_probe", "linear_probe",
@@ -95,9 +95,8 @@ def linear_probe(
     check_input_size(backbone, info.image_size)
     DepthMap.from_backbone(backbone).select("0-100", truncate).apply(backbone)
     # after the cheaper checks, so that a bad flag is the probe's one line of output
-    whole = None if label_fraction == 1 else load_data(  # the target's own unlabelled data
-        data, data_root=data_root, limit=limit, seed=seed, size=size,
-        channels=channels or meta.get("in_chans")).images["train"]
+    whole = own_train_split(label_fraction, data, data_root=data_root, limit=limit, seed=seed,
+                            size=size, channels=channels or meta.get("in_chans"))
     guard_checkpoint(str(checkpoint) if checkpoint else None, splits.images, target=info.name,
                      allow=allow_overlap, own_train=whole,
                      warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))

@@ -28,7 +28,6 @@ from torch import nn
 
 from ssl_ft.checkpoint import write_json
 from ssl_ft.config import load_recipe, to_dict
-from ssl_ft.data import load_data
 from ssl_ft.ensemble.config import EnsembleConfig
 from ssl_ft.ensemble.members import (
     Member,
@@ -41,7 +40,7 @@ from ssl_ft.errors import UserError
 from ssl_ft.features import head_from_probe, padded_proba, probe_features
 from ssl_ft.finetune.model import FinetuneModel, predict_proba
 from ssl_ft.finetune.steps import train_mode
-from ssl_ft.leakage import guard_checkpoint
+from ssl_ft.leakage import guard_checkpoint, own_train_split
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runlock import RunLock
 from ssl_ft.runtime import (
@@ -179,12 +178,15 @@ def _ensemble(cfg: EnsembleConfig) -> tuple[Path, dict[str, Any]]:
     members = load_members(cfg)
     splits = members[0].splits
     info, labels = splits.info, splits.labels
-    for m in members:  # a labelled subset: the whole train split is the target's own data
-        whole = None if cfg.label_fraction == 1 else load_data(
-            cfg.data, data_root=cfg.data_root, size=cfg.size, channels=m.splits.info.n_channels,
-            limit=cfg.limit, seed=cfg.seed, download=cfg.download).images["train"]
+    whole: dict[int, Any] = {}  # per channel count: the target's own whole train split
+    for m in members:
+        chans = m.splits.info.n_channels
+        if chans not in whole:
+            whole[chans] = own_train_split(cfg.label_fraction, cfg.data, data_root=cfg.data_root,
+                                           size=cfg.size, channels=chans, limit=cfg.limit,
+                                           seed=cfg.seed, download=cfg.download)
         guard_checkpoint(m.checkpoint, m.splits.images, target=info.name,
-                         allow=cfg.allow_overlap, own_train=whole,
+                         allow=cfg.allow_overlap, own_train=whole[chans],
                          warn=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     if cfg.strategy != "lp" and len({m.splits.info.n_channels for m in members}) > 1:
         raise UserError("joint fine-tuning needs models with the same input channels; use "

@@ -40,7 +40,7 @@ from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, p
 from ssl_ft.finetune.steps import augment_batch, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
 from ssl_ft.finite import chance_loss, check_state, warn_if_diverging
-from ssl_ft.leakage import guard_checkpoint
+from ssl_ft.leakage import guard_checkpoint, own_train_split
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
 from ssl_ft.profile import phase, profiling
@@ -149,9 +149,9 @@ def prepare(cfg: FinetuneConfig) -> Prepared:
     selected = [u.index for u in selection.trained]
     strategy = strategy_cls(model, selected, cfg.epochs, strategy_cfg)
     # after every cheaper check, so that a bad flag is the run's one line of output
-    whole = None if cfg.label_fraction == 1 else load_data(
-        cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
-        limit=cfg.limit, seed=cfg.seed, download=cfg.download).images["train"]
+    whole = own_train_split(cfg.label_fraction, cfg.data, data_root=cfg.data_root,
+                            size=cfg.size, channels=cfg.channels, limit=cfg.limit,
+                            seed=cfg.seed, download=cfg.download)
     leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
                             allow=cfg.allow_overlap, warn=_warn, own_train=whole)
     return Prepared(cfg, splits, model, selection, strategy, source,
