@@ -9,19 +9,25 @@ data) and writes why it chose what it chose into ``metrics.json`` (``auto``) and
    default). The network is cut shallower only when that probe beats the deepest cut by more
    than ``cut_margin``: the last units then lose what the task needs (Head2Toe, Evci et al.,
    ICML 2022: intermediate features can transfer better than the last ones).
-2. **The range.** At that cut, the candidate with the highest relative gradient norm
-   ``||g|| / ||w||`` over its units, measured with the probe's head on a few train batches
-   (Auto-RGN, Lee et al., "Surgical Fine-Tuning Improves Adaptation to Distribution Shifts",
-   ICLR 2023: the layers the new task wants to change most, relative to their size).
-3. **Optionally a race** (``race: N``): the first ``1 + N`` candidates by Auto-RGN start the
-   real run; after ``race_rung`` of the epochs the worse half by best validation AUC so far
-   stops, and so on (successive halving, Jamieson & Talwalkar, AISTATS 2016; SubTuning, Kaplun
-   et al. 2023, also picks layers by the validation score of fine-tuning). The survivor is not
-   restarted: its run continues in ``out``, so only the stopped runs cost extra. Off by
-   default: on the small validation splits measured here it chose worse (``docs/auto.md``).
+2. **The range: a race of the quarters.** The candidates at that cut that are one of
+   ``race_among`` (Khan & Fang's four quarters by default; under a fixed 75 % cut the three
+   it keeps; at the default candidates' 75 % cut only 0-75, which then runs) start the real
+   run; after ``race_rung`` of the epochs the worse half by best
+   validation AUC so far stops, the rest go on to twice as many, until one is left
+   (successive halving, Jamieson & Talwalkar, AISTATS 2016; SubTuning, Kaplun et al. 2023,
+   also picks layers by the validation score of fine-tuning). The survivor is not restarted:
+   its run continues in ``out``, so only the stopped runs cost extra.
+3. **Otherwise the gradient evidence.** Where the cut keeps none of ``race_among`` (or it is
+   empty), the candidate with the highest relative gradient norm ``||g|| / ||w||`` over its
+   units, measured with the probe's head on a few train batches (Auto-RGN, Lee et al.,
+   "Surgical Fine-Tuning Improves Adaptation to Distribution Shifts", ICLR 2023), and with
+   ``race: N`` the first ``1 + N`` by Auto-RGN raced as above. (Auto-RGN alone was the rule
+   until the general medical source showed it 0.024 below the best fixed range on average;
+   the race of the quarters was 0.012 below, ``docs/auto.md``.)
 
-Steps 1-2 cost a few seconds of CPU (one forward pass per image, a few logistic fits, four
-backward passes). A random initialisation (``checkpoint: none``) has nothing to keep and
+The probe costs one forward pass per image and a few logistic fits; the race about two
+quarter-runs (four quarters for a quarter of the epochs, two for another quarter, the winner
+to the end). A random initialisation (``checkpoint: none``) has nothing to keep and
 trains every kept unit. ``layers: auto`` with a fixed ``truncate`` chooses the range under that
 cut; ``truncate: auto`` with fixed ``layers`` chooses the cut. See ``docs/auto.md``.
 """
@@ -52,20 +58,23 @@ from ssl_ft.auto_evidence import (
     without_test,
 )
 from ssl_ft.checkpoint import write_json
-from ssl_ft.config import from_dict
+from ssl_ft.config import from_dict, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.errors import UserError
+from ssl_ft.features import C_GRID
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
 from ssl_ft.runtime import Dist, resolve_device, set_threads
 
-__all__ = ["CANDIDATES", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
+__all__ = ["CANDIDATES", "QUARTERS", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
            "gather_evidence", "parse_candidate", "record_run", "resolve_auto", "shortlist"]
 
 #: Khan & Fang's quarters, the two halves' middle and end, end-to-end, and the 3/4 network
 CANDIDATES = ("0-25", "25-50", "50-75", "75-100", "0-100", "50-100", "25-75", "0-75 t75")
+#: the ranges raced by default: Khan & Fang's quarters
+QUARTERS = CANDIDATES[:4]
 
 
 @dataclass
@@ -74,7 +83,8 @@ class AutoConfig:
 
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
     cut_margin: float = 0.01        # cut shallower only if its val probe AUC is this much higher
-    race: int = 0                   # runners-up by Auto-RGN raced against the first (0: none)
+    race_among: list[str] = field(default_factory=lambda: list(QUARTERS))  # raced at the cut
+    race: int = 0                   # without race_among at the cut: Auto-RGN runners-up raced
     race_widest: bool = False       # also race the widest candidate at the cut (end-to-end)
     race_rung: float = 0.25         # share of the epochs before the race's first halving
     probe_limit: int | None = 2000  # train images for the probes (stratified draw)
@@ -88,6 +98,8 @@ class AutoConfig:
             raise ValueError(f"race_rung must lie in (0, 1), got {self.race_rung}")
         for c in self.candidates:
             parse_candidate(c)
+        for c in self.race_among:
+            parse_layers(c)
 
 
 _CANDIDATE = re.compile(r"^\s*(\S+?)\s*(?:t\s*(\S+))?\s*$")
@@ -145,10 +157,13 @@ def _load(cfg: FinetuneConfig) -> ArraySplits:
 
 
 def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict[str, Any]],
-                    dm: DepthMap, splits: ArraySplits,
-                    device: torch.device) -> dict[str, Any]:
-    """Probe val AUC at every candidate cut and Auto-RGN of every candidate (added to the
-    candidate dicts); returns the probe rows and the seconds spent."""
+                    dm: DepthMap, splits: ArraySplits, device: torch.device, *,
+                    race: bool = True) -> dict[str, Any]:
+    """The evidence the choice needs, added to the candidate dicts: the probe's val AUC at
+    every candidate cut (when there are several), and Auto-RGN / Auto-SNR of the candidates at
+    the chosen cut when they are ranked by it (the cut keeps none of ``race_among``, or it
+    keeps several but they cannot be raced: a dry run or a single epoch). Returns the probe
+    rows, the cut and the seconds spent."""
     torch.manual_seed(cfg.seed)  # a random init is the one the fine-tuning run draws
     backbone, source = build_backbone(cfg.checkpoint, splits.info, arch=cfg.arch,
                                       stem=cfg.stem, normalization=cfg.normalization)
@@ -156,45 +171,75 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
 
     cuts = sorted({c["truncate"] for c in candidates})
     units = {t: probe_units(dm, [t])[0] for t in cuts}
-    probe = probe_evidence(backbone, subset_train(splits, auto.probe_limit, cfg.seed), dm,
-                           list({u.index: u for u in units.values()}.values()), source,
-                           device=device)
-    by_unit = {r["index"]: r for r in probe["units"]}
-    seconds = probe["seconds"]
-    for t in cuts:
-        cut = copy.deepcopy(backbone).truncate(units[t].index + 1)
-        grad = gradient_evidence(cut, splits, source, batches=auto.grad_batches,
-                                 batch_size=cfg.batch_size, seed=cfg.seed,
-                                 c_grid=[by_unit[units[t].index]["C"]], device=device)
+    rows, by_unit, seconds = [], {}, 0.0
+    if len(cuts) > 1:
+        probe = probe_evidence(backbone, subset_train(splits, auto.probe_limit, cfg.seed), dm,
+                               list({u.index: u for u in units.values()}.values()), source,
+                               device=device)
+        by_unit, seconds = {r["index"]: r for r in probe["units"]}, probe["seconds"]
+        rows = [{"depth": t, "unit": units[t].name,
+                 "val_auc": by_unit[units[t].index]["val_auc"]} for t in cuts]
+        for c in candidates:
+            c["probe_val_auc"] = by_unit[units[c["truncate"]].index]["val_auc"]
+    cut = choose_cut(candidates, auto)
+    at_cut = [c for c in candidates if c["truncate"] == cut]
+    among = race_set(at_cut, auto)
+    if len(at_cut) > 1 and (not among or (len(among) > 1 and not (race and cfg.epochs > 1))):
+        c_grid = [by_unit[units[cut].index]["C"]] if by_unit else C_GRID
+        grad = gradient_evidence(copy.deepcopy(backbone).truncate(units[cut].index + 1),
+                                 splits, source, batches=auto.grad_batches,
+                                 batch_size=cfg.batch_size, seed=cfg.seed, c_grid=c_grid,
+                                 device=device)
         seconds += grad["seconds"]
-        for c in (c for c in candidates if c["truncate"] == t):
-            c.update(probe_val_auc=by_unit[units[t].index]["val_auc"],
-                     **range_statistics(grad["units"], c["trained"]))
-    return {"probe": [{"depth": t, "unit": units[t].name,
-                       "val_auc": by_unit[units[t].index]["val_auc"]} for t in cuts],
-            "seconds": seconds}
+        for c in at_cut:
+            c.update(range_statistics(grad["units"], c["trained"]))
+    return {"probe": rows, "cut": cut, "seconds": seconds}
+
+
+def choose_cut(candidates: list[dict[str, Any]], auto: AutoConfig) -> float:
+    """The deepest candidate cut, unless a shallower one's val probe AUC is more than
+    ``cut_margin`` higher (the last units then lose what the task needs: Head2Toe's case for
+    intermediate features). Without probe evidence (a single cut): that cut."""
+    probe = {c["truncate"]: c.get("probe_val_auc") for c in candidates}
+    deepest = max(probe)
+    if probe[deepest] is None:
+        return deepest
+    top = max(probe, key=lambda t: (probe[t], -t))
+    return top if probe[top] - probe[deepest] > auto.cut_margin else deepest
+
+
+def race_set(at_cut: list[dict[str, Any]], auto: AutoConfig) -> list[dict[str, Any]]:
+    """The candidates at the cut whose layer range is one of ``race_among``, in that order."""
+    def norm(layers: str) -> tuple[float, float]:
+        a, b = parse_layers(layers)
+        return float(a), float(b)
+
+    by_range = {norm(c["layers"]): c for c in at_cut}
+    return [by_range[norm(r)] for r in auto.race_among if norm(r) in by_range]
 
 
 def shortlist(candidates: list[dict[str, Any]], auto: AutoConfig) -> tuple[list[dict], str]:
-    """The candidates to race (first: the choice without a race) and why. The cut: the deepest
-    candidate cut, unless a shallower one's val probe AUC is more than ``cut_margin`` higher
-    (the last units then lose what the task needs: Head2Toe's case for intermediate features).
-    At that cut, the candidates by Auto-RGN, highest first (Lee et al.: the units the task
-    wants to change most, relative to their weights), the first ``1 + race`` of them, and with
-    ``race_widest`` the one that trains most units."""
-    probe = {c["truncate"]: c["probe_val_auc"] for c in candidates}
-    deepest = max(probe)
-    top = max(probe, key=lambda t: (probe[t], -t))
-    cut = top if probe[top] - probe[deepest] > auto.cut_margin else deepest
-    ranked = sorted((c for c in candidates if c["truncate"] == cut), key=lambda c: -c["rgn"])
-    picked = ranked[:1 + auto.race]
-    widest = max(ranked, key=lambda c: (len(c["trained"]), -c["trained"][0]))
+    """The candidates to race (first: the choice if nothing is raced) and why. The cut:
+    :func:`choose_cut`. At that cut, the candidates of ``race_among`` (ordered by Auto-RGN
+    where it was measured); where there are none, the candidates by Auto-RGN, highest first
+    (Lee et al.: the units the task wants to change most, relative to their weights), the
+    first ``1 + race`` of them. ``race_widest`` adds the one that trains most units."""
+    cut = choose_cut(candidates, auto)
+    at_cut = [c for c in candidates if c["truncate"] == cut]
+    probe = {c["truncate"]: c.get("probe_val_auc") for c in candidates}
+    why = f"cut {cut:g}"
+    if len(probe) > 1:
+        why += (" (val probe AUC " + ", ".join(f"{t:g}: {a:.4f}" for t, a in sorted(
+            probe.items())) + f", margin {auto.cut_margin:g})")
+    among = race_set(at_cut, auto)
+    ranked = sorted((c for c in (among or at_cut)), key=lambda c: -c.get("rgn", 0.0))
+    if any("rgn" in c for c in ranked):
+        why += "; Auto-RGN at that cut " + ", ".join(f"{c['name']}: {c['rgn']:.3g}"
+                                                   for c in ranked)
+    picked = ranked if among else ranked[:1 + auto.race]
+    widest = max(at_cut, key=lambda c: (len(c["trained"]), -c["trained"][0]))
     if auto.race_widest and widest not in picked:  # (Auto-RGN never ranks a union first)
         picked.append(widest)
-    why = (f"cut {cut:g} (val probe AUC " + ", ".join(f"{t:g}: {a:.4f}"
-                                                       for t, a in sorted(probe.items()))
-           + f", margin {auto.cut_margin:g}); Auto-RGN at that cut "
-           + ", ".join(f"{c['name']}: {c['rgn']:.3g}" for c in ranked))
     if len(picked) > 1:
         why += f"; raced {', '.join(c['name'] for c in picked)}"
     return picked, why
@@ -215,7 +260,8 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig,
                                       out=c["folder"])
             finetune(run, resume=True, progress=False, stop_after=rung)
             rows = [json.loads(line)
-                    for line in (Path(c["folder"]) / "metrics.jsonl").read_text().split()]
+                    for line in (Path(c["folder"]) / "metrics.jsonl").read_text().splitlines()
+                    if line.strip()]
             # lp-ft's epoch-0 probe row is not a trained epoch (lp has only that row)
             c["race"] = [r["val_auc"] for r in
                          ([r for r in rows if r.get("phase") != "probe"] or rows)]
@@ -289,13 +335,14 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
     dm = DepthMap.from_backbone(backbone, cfg.depth_unit)
     candidates = candidate_set(cfg, auto, dm)
     record: dict[str, Any] = {"requested": {"layers": cfg.layers, "truncate": cfg.truncate},
+                              "auto_args": to_dict(auto),
                               "candidates": candidates, "evidence_s": 0.0, "race_s": 0.0}
     winner = None
     if cfg.checkpoint == "none":  # nothing pretrained to keep: train all that is kept
         best = max(candidates, key=lambda c: (c["kept"], len(c["trained"]), -c["trained"][0]))
         why = "a random initialisation has no features to keep: train every kept unit"
     else:
-        ev = gather_evidence(cfg, auto, candidates, dm, splits, device)
+        ev = gather_evidence(cfg, auto, candidates, dm, splits, device, race=race)
         record.update(probe=ev["probe"], evidence_s=ev["seconds"])
         picked, why = shortlist(candidates, auto)
         for c in candidates:

@@ -84,13 +84,52 @@ def test_shortlist_on_constructed_evidence():
              cand("0-100", 100, list(range(9)), 0.90, 0.3), cand("0-75 t75", 75, list(range(7)),
                                                                   0.905, 0.2)]
     picked, why = shortlist(cands, AutoConfig())  # the 75 probe is within the margin
-    assert [c["name"] for c in picked] == ["25-50"] and "cut 100" in why
-    picked, _ = shortlist(cands, AutoConfig(race=1, race_widest=True))
+    # by default the quarters at the cut are raced (ordered by Auto-RGN where measured)
+    assert [c["name"] for c in picked] == ["25-50", "0-25"] and "cut 100" in why
+    assert "raced 25-50, 0-25" in why
+    rgn_only = AutoConfig(race_among=[])
+    picked, why = shortlist(cands, rgn_only)
+    assert [c["name"] for c in picked] == ["25-50"] and "raced" not in why
+    picked, _ = shortlist(cands, AutoConfig(race_among=[], race=1, race_widest=True))
     assert [c["name"] for c in picked] == ["25-50", "0-100"]  # 0-100 is also the runner-up
-    picked, _ = shortlist(cands, AutoConfig(race_widest=True))
+    picked, _ = shortlist(cands, AutoConfig(race_among=[], race_widest=True))
     assert [c["name"] for c in picked] == ["25-50", "0-100"]
+    picked, _ = shortlist(cands, AutoConfig(race_widest=True))
+    assert [c["name"] for c in picked] == ["25-50", "0-25", "0-100"]
     picked, why = shortlist(cands, AutoConfig(cut_margin=0.001))
     assert [c["name"] for c in picked] == ["0-75 t75"] and "cut 75" in why
+    # a single cut needs no probe; without Auto-RGN the race keeps race_among's order
+    bare = [{k: v for k, v in c.items() if k not in ("probe_val_auc", "rgn")}
+            for c in cands[:3]]
+    picked, why = shortlist(bare, AutoConfig(race_among=["25-50", "0-25"]))
+    assert [c["name"] for c in picked] == ["25-50", "0-25"] and why.startswith("cut 100;")
+
+
+def test_the_race_halves_by_best_val_so_far(tmp_path, monkeypatch):
+    """Successive halving on made-up val curves with a known answer: after 2 of 8 epochs the
+    two best so far go on (not 25-50 alone, the leader after one epoch, and not 0-25, whose
+    rise comes too late); after 4 the better of those two wins."""
+    import ssl_ft.finetune.engine as engine
+    from ssl_ft.auto_layers import _race
+
+    curves = {"0-25": [0.70, 0.71, 0.99, 0.99], "25-50": [0.80, 0.81, 0.82, 0.83],
+              "50-75": [0.60, 0.82, 0.84, 0.86], "75-100": [0.50, 0.55, 0.99, 0.99]}
+    calls = []
+
+    def fake(cfg, *, resume, progress, stop_after):
+        calls.append((cfg.layers, stop_after))
+        rows = [{"epoch": e + 1, "val_auc": v} for e, v in enumerate(curves[cfg.layers])]
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.out) / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows[:stop_after]))
+
+    monkeypatch.setattr(engine, "finetune", fake)
+    picked = [{"name": n, "layers": n, "truncate": 100.0} for n in curves]
+    winner = _race(FinetuneConfig(epochs=8), picked, AutoConfig(), tmp_path)
+    assert calls == [("0-25", 2), ("25-50", 2), ("50-75", 2), ("75-100", 2),
+                     ("50-75", 4), ("25-50", 4)]
+    assert winner["name"] == "50-75"
+    assert [c.get("stopped_at") for c in picked] == [2, 4, None, 2]
 
 
 def test_a_constant_last_quarter_is_cut_off(data_root, tmp_path, broken_top):
@@ -117,10 +156,13 @@ def test_the_choice_follows_the_gradient_evidence(data_root, tmp_path, ckpt, mon
         return ev
 
     monkeypatch.setattr(auto_layers, "gradient_evidence", rigged)
-    cfg = _cfg(data_root, tmp_path / "run", ckpt, auto_args={"race": 0, "cut_margin": 1.0})
+    cfg = _cfg(data_root, tmp_path / "run", ckpt,
+               auto_args={"race_among": [], "cut_margin": 1.0})
     chosen, record, _ = resolve_auto(cfg, dry_run=True)
     assert (chosen.layers, chosen.truncate) == ("50-75", 100.0)
-    rgn = {c["name"]: c["rgn"] for c in record["candidates"]}
+    # Auto-RGN is measured at the chosen cut only (the 0-75 t75 candidate has none)
+    rgn = {c["name"]: c["rgn"] for c in record["candidates"] if "rgn" in c}
+    assert "0-75 t75" not in rgn and len(rgn) == 7
     assert rgn["50-75"] == pytest.approx(1.0) and max(rgn, key=rgn.get) == "50-75"
 
 
@@ -168,7 +210,10 @@ def test_every_architecture(data_root, tmp_path, arch, size, stem):
     names = {c["name"] for c in record["candidates"]}
     assert f"{chosen.layers}" + ("" if chosen.truncate == 100 else
                                  f" t{chosen.truncate:g}") in names
-    assert all(np.isfinite(c["rgn"]) and c["rgn"] > 0 for c in record["candidates"])
+    # a dry run cannot race: the quarters at the cut are ordered by Auto-RGN (at the 75 %
+    # cut there is one candidate, nothing to order)
+    at_cut = [c for c in record["candidates"] if c["truncate"] == chosen.truncate]
+    assert len(at_cut) == 1 or all(np.isfinite(c["rgn"]) and c["rgn"] > 0 for c in at_cut)
     assert {r["depth"] for r in record["probe"]} == {75.0, 100.0}
 
 
@@ -196,8 +241,13 @@ def test_cli_layers_auto_as_a_user_runs_it(data_root, tmp_path, tool, ckpt, caps
     a = m["auto"]
     assert a["requested"] == {"layers": "auto", "truncate": "auto"}
     assert (m["layers"], m["truncate"]) == (a["chosen"]["layers"], a["chosen"]["truncate"])
-    assert len(a["candidates"]) == 8 and all("rgn" in c and "probe_val_auc" in c
-                                             for c in a["candidates"])
+    assert len(a["candidates"]) == 8 and all("probe_val_auc" in c for c in a["candidates"])
+    raced = [c for c in a["candidates"] if c["shortlisted"]]
+    if a["chosen"]["truncate"] == 100:  # the four quarters raced, the winner ran to the end
+        assert [c["name"] for c in raced] == ["0-25", "25-50", "50-75", "75-100"]
+        assert "raced 0-25, 25-50, 50-75, 75-100" in a["reason"]
+        assert all(len(c["race"]) >= 1 for c in raced)
+        assert sum("stopped_at" not in c for c in raced) == 1
     assert 0 < a["wall_time_s"] < m["wall_time_s"]
     assert m["recipe"]["layers"] == m["layers"]  # the run itself is an ordinary fixed run
     assert len(m["history"]) == 4 and json.loads((out / "auto.json").read_text()) == a

@@ -45,3 +45,27 @@ def test_the_key_ignores_out_and_threads_only():
     assert run_key(base) == run_key({**base, "out": "y", "threads": 2})
     assert run_key(base) != run_key({**base, "seed": 1})
     assert run_key(base) != run_key({**base, "epochs": 3})
+
+
+def test_an_auto_run_is_keyed_by_the_chooser_options_it_resolved(tmp_path):
+    from ssl_ft.auto_layers import AutoConfig
+    from ssl_ft.config import to_dict
+    from ssl_ft.study.reuse import _index
+
+    auto = {"checkpoint": "none", "data": "pneumoniamnist", "layers": "auto", "out": "x"}
+    # defaults count as given; another option is another run
+    assert run_key(auto) == run_key({**auto, "auto_args": {"race_rung": 0.25}})
+    assert run_key(auto) != run_key({**auto, "auto_args": {"race_among": []}})
+    fixed = {**auto, "layers": "0-100"}
+    assert run_key(fixed) == run_key({**fixed, "auto_args": {}})  # ignored without auto
+    # a finished auto run is indexed with the options it recorded; one that recorded none (an
+    # older rule whose defaults are unknown) is not reusable
+    for name, record in (("new", {"auto_args": to_dict(AutoConfig())}), ("old", {})):
+        run = tmp_path / "cells" / "finetune" / name
+        run.mkdir(parents=True)
+        recipe = {**auto, "layers": "25-50", "seed": 0 if name == "new" else 1}
+        (run / "metrics.json").write_text(json.dumps({"recipe": recipe, "auto": {
+            "requested": {"layers": "auto"}, **record}}))
+    index = _index([str(tmp_path)])
+    assert list(index.values()) == [tmp_path / "cells" / "finetune" / "new"]
+    assert run_key({**auto, "seed": 0}) in index

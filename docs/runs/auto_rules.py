@@ -17,6 +17,7 @@ Differences are to the best fixed selection in hindsight (by test AUC) and to en
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -41,22 +42,54 @@ def _val_after(m: dict, k: int) -> float:
     return max(h["val_auc"] for h in m["history"][:k])
 
 
-def rules(g: dict[str, dict]) -> dict[str, str]:
+QUARTERS = ["0-25", "25-50", "50-75", "75-100"]
+
+
+def race(g: dict[str, dict], among: list[str], rung: float = 0.25) -> tuple[str, float]:
+    """Successive halving as ``auto_args.race`` runs it (ssl_ft.auto_layers._race), replayed
+    on the fixed runs' val curves (a raced run is bitwise the fixed run up to where it
+    stops): the winner and the CPU seconds the race would cost (each run's CPU time pro rata
+    of the epochs it trains)."""
+    epochs = g["0-100"]["epochs"]
+    alive, k, trained = list(among), max(1, math.ceil(epochs * rung)), {}
+    while len(alive) > 1:
+        trained.update({n: k for n in alive})
+        alive.sort(key=lambda n: -_val_after(g[n], k))
+        alive, k = alive[:max(1, len(alive) // 2)], min(epochs - 1, k * 2)
+    trained[alive[0]] = epochs
+    return alive[0], sum(g[n]["cpu_time_s"] * e / epochs for n, e in trained.items())
+
+
+def _probe(auto: dict) -> dict[float, float]:
+    return {r["depth"]: r["val_auc"] for r in auto["probe"]}
+
+
+def rules(g: dict[str, dict]) -> dict[str, tuple[str, float | None]]:
+    """Each rule's choice and its CPU seconds (None: not measured per rule)."""
     auto = g["auto"]["auto"]
     fixed = [n for n in g if n != "auto"]
     cand = {c["name"]: c for c in auto["candidates"]}
-    at100 = [n for n in cand if cand[n]["truncate"] == 100]
-    probe = {r["depth"]: r["val_auc"] for r in auto["probe"]}
-    rgn = max(at100, key=lambda n: cand[n]["rgn"])
+    probe = _probe(auto)
     chosen = g["auto"]["layers"] + (f" t{g['auto']['truncate']:g}"
                                     if g["auto"]["truncate"] < 100 else "")
-    out = {"auto": chosen, "rgn only": rgn,
-           "cut at the best probe": "0-75 t75" if probe[75] > probe[100] else rgn,
-           "end-to-end": "0-100",
-           "val oracle": max(fixed, key=lambda n: g[n]["val"]["auc"])}
+    cpu = {n: g[n]["cpu_time_s"] for n in g}
+    out: dict[str, tuple[str, float | None]] = {"auto": (chosen, cpu["auto"])}
+    at100 = [n for n in cand if cand[n]["truncate"] == 100 and "rgn" in cand[n]]
+    if at100:  # runs of the rule before the race (Auto-RGN at every cut)
+        rgn = max(at100, key=lambda n: cand[n]["rgn"])
+        cut = "0-75 t75" if probe[75] - probe[100] > 0.01 else rgn
+        out["probe cut, then Auto-RGN"] = (cut, None)
+        out["Auto-RGN only (no cut)"] = (rgn, None)
+        out["cut at the best probe"] = ("0-75 t75" if probe[75] > probe[100] else rgn, None)
+    cut75 = probe[75] - probe[100] > 0.01
+    out["probe cut, then race of the quarters"] = (
+        ("0-75 t75", cpu["0-75 t75"]) if cut75 else race(g, QUARTERS))
+    out["race of the quarters (no cut)"] = race(g, QUARTERS)
+    out["end-to-end"] = ("0-100", cpu["0-100"])
+    out["val oracle"] = (max(fixed, key=lambda n: g[n]["val"]["auc"]),
+                         sum(cpu[n] for n in fixed))
     for k in (2, 4):
-        out[f"race@{k} of 8"] = max(fixed, key=lambda n: _val_after(g[n], k))
-        out[f"race@{k} auto vs e2e"] = max({chosen, "0-100"}, key=lambda n: _val_after(g[n], k))
+        out[f"race@{k} of 8"] = (max(fixed, key=lambda n: _val_after(g[n], k)), None)
     return out
 
 
@@ -74,23 +107,51 @@ def _cost(g: dict[str, dict]) -> str:
 def main(out: Path) -> None:
     groups = {k: g for k, g in sorted(_load(out).items()) if "auto" in g and len(g) == 9}
     scores: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    rows: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for key, g in groups.items():
         test = {n: g[n]["test"]["auc"] for n in g if n != "auto"}
         best = max(test, key=test.get)
+        grid = sum(g[n]["cpu_time_s"] for n in test)
         print(f"{key}: best {best} {test[best]:.4f}, end-to-end {test['0-100']:.4f}; "
               + _cost(g))
-        for rule, choice in rules(g).items():
-            d = (test[choice] - test[best], test[choice] - test["0-100"])
+        for n in test:
+            rows[key[:3]][n].append(test[n])
+        for rule, (choice, cpu) in rules(g).items():
+            auc = g["auto"]["test"]["auc"] if rule == "auto" else test[choice]
+            d = (auc - test[best], auc - test["0-100"])
             scores[rule].append(d)
-            print(f"  {rule:>22}: {choice:>9}  test {test[choice]:.4f}  vs best {d[0]:+.4f}  "
+            rows[key[:3]][rule].append((auc, None if cpu is None else cpu / grid))
+            print(f"  {rule:>36}: {choice:>9}  test {auc:.4f}  vs best {d[0]:+.4f}  "
                   f"vs e2e {d[1]:+.4f}")
-    print(f"\n{len(groups)} cases | rule | mean vs best | worst | mean vs e2e | worst | "
-          "within 0.005 of best | not 0.005 below e2e")
+    print(f"\n{len(groups)} cases (one seed each) | rule | mean vs best | worst | mean vs e2e | "
+          "worst | within 0.005 of best | not 0.005 below e2e")
     for rule, v in scores.items():
         a = np.array(v)
         print(f"| {rule} | {a[:, 0].mean():+.4f} | {a[:, 0].min():+.4f} | {a[:, 1].mean():+.4f} "
               f"| {a[:, 1].min():+.4f} | {int((a[:, 0] >= -0.005).sum())}/{len(a)} | "
               f"{int((a[:, 1] >= -0.005).sum())}/{len(a)} |")
+    _rows(rows, list(scores))
+
+
+def _rows(rows: dict[tuple, dict[str, list]], names: list[str]) -> None:
+    """Issue 15's Must-show per row (data, labels, model; means over the seeds): each rule
+    against the best fixed selection in hindsight (the highest mean test AUC) and end-to-end,
+    and its CPU share of the 8 fixed runs (replayed races: the probe's seconds not counted)."""
+    print(f"\n{len(rows)} rows (mean over seeds) | rule | mean vs best | worst | within 0.005 "
+          "| mean vs e2e | worst | not 0.005 below | CPU share mean | max")
+    for rule in names:
+        d_best, d_e2e, share = [], [], []
+        for r in rows.values():
+            fixed = {n: np.mean(v) for n, v in r.items() if n not in names}
+            auc = np.mean([x[0] for x in r[rule]])
+            d_best.append(auc - max(fixed.values()))
+            d_e2e.append(auc - np.mean(r["0-100"]))
+            if all(x[1] is not None for x in r[rule]):
+                share.append(np.mean([x[1] for x in r[rule]]))
+        b, e = np.array(d_best), np.array(d_e2e)
+        sh = f"{np.mean(share):.1%} | {np.max(share):.1%}" if share else "- | -"
+        print(f"| {rule} | {b.mean():+.4f} | {b.min():+.4f} | {int((b >= -0.005).sum())}/{len(b)}"
+              f" | {e.mean():+.4f} | {e.min():+.4f} | {int((e >= -0.005).sum())}/{len(e)} | {sh} |")
 
 
 if __name__ == "__main__":

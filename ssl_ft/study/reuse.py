@@ -5,8 +5,9 @@ Two studies often share runs: ``recipes/study/auto.yaml``'s PneumoniaMNIST cells
 Running them twice is waste (issue 16, item 4). Before it runs anything, the study looks for
 each unfinished fine-tuning cell in the ``reuse`` folders (other studies' ``out``): a finished
 run whose resolved configuration (``metrics.json["recipe"]``: every ``FinetuneConfig`` field,
-defaults included; for a ``layers: auto`` run, what it asked for, not what it chose) equals the
-cell's, except for ``out`` and ``threads`` (the thread count
+defaults included; for a ``layers: auto`` run, what it asked for, not what it chose, and the
+chooser's options with their defaults as that run resolved them: a run of an older rule is
+not reused for a cell of the new one) equals the cell's, except for ``out`` and ``threads`` (the thread count
 changes the order of float sums, not the run), with the same checkpoint file (same real path,
 not modified since that run ended), is copied into the cell's folder with a ``reused_from.txt``
 naming its source. Anything else (another learning rate, seed, a retrained checkpoint) runs.
@@ -40,6 +41,11 @@ def run_key(config: dict[str, Any]) -> str:
                                               if k not in IGNORED}))
     for k in IGNORED:
         full.pop(k, None)
+    if "auto" in (full.get("layers"), full.get("truncate")):
+        from ssl_ft.auto_layers import AutoConfig
+
+        full["auto_args"] = to_dict(from_dict(AutoConfig, full.get("auto_args") or {},
+                                              where="auto_args"))
     ckpt = full.get("checkpoint")
     if isinstance(ckpt, str) and ckpt != "none":
         full["checkpoint"] = os.path.realpath(ckpt)
@@ -53,8 +59,12 @@ def _index(folders: list[str]) -> dict[str, Path]:
         for path in sorted(Path(root).glob("cells/finetune/**/metrics.json")):
             try:
                 m = json.loads(path.read_text())
-                # an auto run's recipe holds the values it chose: it stands for what it asked
-                recipe = {**m["recipe"], **(m.get("auto") or {}).get("requested", {})}
+                # an auto run's recipe holds the values it chose: it stands for what it asked,
+                # with the chooser options it resolved (none recorded: an older rule, skipped)
+                auto = m.get("auto") or {}
+                recipe = {**m["recipe"], **auto.get("requested", {})}
+                if auto:
+                    recipe["auto_args"] = auto["auto_args"]
                 index.setdefault(run_key(recipe), path.parent)
             except (OSError, ValueError, KeyError, TypeError):  # not a finished run we can read
                 continue
