@@ -61,7 +61,6 @@ from ssl_ft.checkpoint import write_json
 from ssl_ft.config import from_dict, to_dict
 from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.errors import UserError
-from ssl_ft.features import C_GRID
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
@@ -100,6 +99,8 @@ class AutoConfig:
             parse_candidate(c)
         for c in self.race_among:
             parse_layers(c)
+        if len(set(self.race_among)) < len(self.race_among):
+            raise ValueError(f"race_among lists a range twice: {self.race_among}")
 
 
 _CANDIDATE = re.compile(r"^\s*(\S+?)\s*(?:t\s*(\S+))?\s*$")
@@ -172,7 +173,8 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
     cuts = sorted({c["truncate"] for c in candidates})
     units = {t: probe_units(dm, [t])[0] for t in cuts}
     rows, by_unit, seconds = [], {}, 0.0
-    if len(cuts) > 1:
+    if len(cuts) > 1 or _needs_gradients(candidates, auto, race and cfg.epochs > 1):
+        # several cuts to choose from, or the single cut's probe head for Auto-RGN
         probe = probe_evidence(backbone, subset_train(splits, auto.probe_limit, cfg.seed), dm,
                                list({u.index: u for u in units.values()}.values()), source,
                                device=device)
@@ -183,9 +185,8 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
             c["probe_val_auc"] = by_unit[units[c["truncate"]].index]["val_auc"]
     cut = choose_cut(candidates, auto)
     at_cut = [c for c in candidates if c["truncate"] == cut]
-    among = race_set(at_cut, auto)
-    if len(at_cut) > 1 and (not among or (len(among) > 1 and not (race and cfg.epochs > 1))):
-        c_grid = [by_unit[units[cut].index]["C"]] if by_unit else C_GRID
+    if _needs_gradients(at_cut, auto, race and cfg.epochs > 1):
+        c_grid = [by_unit[units[cut].index]["C"]]
         grad = gradient_evidence(copy.deepcopy(backbone).truncate(units[cut].index + 1),
                                  splits, source, batches=auto.grad_batches,
                                  batch_size=cfg.batch_size, seed=cfg.seed, c_grid=c_grid,
@@ -194,6 +195,15 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
         for c in at_cut:
             c.update(range_statistics(grad["units"], c["trained"]))
     return {"probe": rows, "cut": cut, "seconds": seconds}
+
+
+def _needs_gradients(at_cut: list[dict[str, Any]], auto: AutoConfig, can_race: bool) -> bool:
+    """Whether the candidates at a cut are ranked by Auto-RGN: several of them, and none of
+    ``race_among`` among them, or several of those but no race (a dry run, one epoch)."""
+    if len({c["truncate"] for c in at_cut}) > 1:
+        return False  # not one cut yet: decided once the probe has chosen it
+    among = race_set(at_cut, auto)
+    return len(at_cut) > 1 and (not among or (len(among) > 1 and not can_race))
 
 
 def choose_cut(candidates: list[dict[str, Any]], auto: AutoConfig) -> float:
@@ -271,7 +281,9 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig,
         keep = max(1, len(alive) // 2)
         for c in alive[keep:]:
             c["stopped_at"] = rung
-        alive, rung = alive[:keep], min(cfg.epochs - 1, rung * 2)
+        nxt = min(cfg.epochs - 1, rung * 2)
+        # a rung that cannot grow (e.g. 2 epochs) would resume the survivors for nothing
+        alive, rung = (alive[:keep], nxt) if nxt > rung else (alive[:1], rung)
     return alive[0]
 
 
@@ -342,13 +354,14 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
         best = max(candidates, key=lambda c: (c["kept"], len(c["trained"]), -c["trained"][0]))
         why = "a random initialisation has no features to keep: train every kept unit"
     else:
-        ev = gather_evidence(cfg, auto, candidates, dm, splits, device, race=race)
+        ev = gather_evidence(cfg, auto, candidates, dm, splits, device,
+                             race=race and cfg.strategy != "lp")
         record.update(probe=ev["probe"], evidence_s=ev["seconds"])
         picked, why = shortlist(candidates, auto)
         for c in candidates:
             c["shortlisted"] = c in picked
         best = picked[0]
-        if len(picked) > 1 and race and cfg.epochs > 1:
+        if len(picked) > 1 and race and cfg.epochs > 1 and cfg.strategy != "lp":
             t1 = time.perf_counter()
             winner = best = _race(cfg, picked, auto, Path(cfg.out) / "auto_race")
             record["race_s"] = time.perf_counter() - t1
@@ -356,7 +369,8 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
                 f"{c['name']} {max(c['race']):.4f} after {len(c['race'])} epochs"
                 for c in picked)
         elif len(picked) > 1:
-            why += "; not raced (dry run or a single epoch): the first of the shortlist"
+            why += ("; not raced (dry run, a single epoch or lp, which trains no layer): the "
+                    "first of the shortlist")
     chosen = {"layers": best["layers"], "truncate": best["truncate"]}
     record.update(chosen=chosen, reason=f"{best['name']}: {why}",
                   wall_time_s=time.perf_counter() - t0, cpu_time_s=time.process_time() - c0)

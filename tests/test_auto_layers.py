@@ -233,6 +233,7 @@ def test_cli_layers_auto_as_a_user_runs_it(data_root, tmp_path, tool, ckpt, caps
     out = tmp_path / "cli"
     argv = ["--checkpoint", str(ckpt), "--data", "pneumoniamnist", "--data-root",
             str(data_root), "--limit", "300", "--batch-size", "32", "--epochs", "4",
+            "auto_args.cut_margin=1.0",  # the full network: the quarters race
             "--layers", "auto", "--truncate", "auto", "--out", str(out), "threads=1"]
     assert _tool_run(tool, argv) == 0
     err = capsys.readouterr().err
@@ -243,11 +244,15 @@ def test_cli_layers_auto_as_a_user_runs_it(data_root, tmp_path, tool, ckpt, caps
     assert (m["layers"], m["truncate"]) == (a["chosen"]["layers"], a["chosen"]["truncate"])
     assert len(a["candidates"]) == 8 and all("probe_val_auc" in c for c in a["candidates"])
     raced = [c for c in a["candidates"] if c["shortlisted"]]
-    if a["chosen"]["truncate"] == 100:  # the four quarters raced, the winner ran to the end
-        assert [c["name"] for c in raced] == ["0-25", "25-50", "50-75", "75-100"]
-        assert "raced 0-25, 25-50, 50-75, 75-100" in a["reason"]
-        assert all(len(c["race"]) >= 1 for c in raced)
-        assert sum("stopped_at" not in c for c in raced) == 1
+    # the four quarters raced (no Auto-RGN measured: nothing needs it), the winner ran on
+    assert a["chosen"]["truncate"] == 100
+    assert [c["name"] for c in raced] == ["0-25", "25-50", "50-75", "75-100"]
+    assert "raced 0-25, 25-50, 50-75, 75-100" in a["reason"]
+    assert not any("rgn" in c for c in a["candidates"])
+    assert sorted(len(c["race"]) for c in raced if "stopped_at" in c) == [1, 1, 2]  # 4, 2, 1
+    winner = next(c for c in raced if "stopped_at" not in c)
+    assert winner["name"] == a["chosen"]["layers"]
+    assert [h["val_auc"] for h in m["history"][:2]] == winner["race"]  # the same run, continued
     assert 0 < a["wall_time_s"] < m["wall_time_s"]
     assert m["recipe"]["layers"] == m["layers"]  # the run itself is an ordinary fixed run
     assert len(m["history"]) == 4 and json.loads((out / "auto.json").read_text()) == a

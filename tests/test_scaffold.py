@@ -12,6 +12,7 @@ import torch
 import yaml
 from torch import nn
 
+import ssl_ft.scaffold as scaffold_module
 from ssl_ft.errors import UserError
 from ssl_ft.finite import NonFiniteError
 from ssl_ft.runtime import Dist, grad_scaler
@@ -123,6 +124,31 @@ def test_build_optimizer_and_set_lr_scale_per_group():
     assert type(build_optimizer("lars", [w], lr=0.1)).__name__ == "LARS"
     with pytest.raises(ValueError, match="'rmsprop'"):
         build_optimizer("rmsprop", [w], lr=0.1)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_is_fused_and_steps_as_the_for_loop_does(name):
+    """The fused kernel where it applies (float CPU tensors), fed from generators and groups
+    alike, and 5 steps equal torch's for-loop Adam up to float rounding."""
+    torch.manual_seed(0)
+    nets = [nn.Linear(8, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = build_optimizer(name, ({"params": p, "lr_scale": 1.0} for p in nets[0].parameters()),
+                            lr=0.01, weight_decay=0.1)
+    assert fused.defaults["fused"] and len(fused.param_groups) == 2  # nothing lost to the check
+    loop = (torch.optim.Adam if name == "adam" else torch.optim.AdamW)(
+        nets[1].parameters(), lr=0.01, weight_decay=0.1)
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, loop), strict=True):
+            opt.zero_grad()
+            net(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(nets[0].weight, nn.Linear(8, 3).weight)
+    ints = [torch.zeros(2, dtype=torch.int64)]
+    assert not scaffold_module._fusable(ints)  # not float: the for-loop step
 
 
 def test_optimizer_step_checks_calls_the_hook_on_true_gradients_and_steps():

@@ -57,13 +57,17 @@ def test_an_auto_run_is_keyed_by_the_chooser_options_it_resolved(tmp_path):
     assert run_key(auto) == run_key({**auto, "auto_args": {"race_rung": 0.25}})
     assert run_key(auto) != run_key({**auto, "auto_args": {"race_among": []}})
     fixed = {**auto, "layers": "0-100"}
-    assert run_key(fixed) == run_key({**fixed, "auto_args": {}})  # ignored without auto
+    # the chooser's options do not change a fixed run
+    assert run_key(fixed) == run_key({**fixed, "auto_args": {"race": 1}})
     # a finished auto run is indexed with the options it recorded; one that recorded none (an
-    # older rule whose defaults are unknown) is not reusable
-    for name, record in (("new", {"auto_args": to_dict(AutoConfig())}), ("old", {})):
+    # older rule whose defaults are unknown), or fewer options than the chooser has now, is
+    # not reusable
+    fewer = {k: v for k, v in to_dict(AutoConfig()).items() if k != "race_among"}
+    for name, record in (("new", {"auto_args": to_dict(AutoConfig())}), ("old", {}),
+                         ("older", {"auto_args": fewer})):
         run = tmp_path / "cells" / "finetune" / name
         run.mkdir(parents=True)
-        recipe = {**auto, "layers": "25-50", "seed": 0 if name == "new" else 1}
+        recipe = {**auto, "layers": "25-50", "seed": {"new": 0, "old": 1, "older": 2}[name]}
         (run / "metrics.json").write_text(json.dumps({"recipe": recipe, "auto": {
             "requested": {"layers": "auto"}, **record}}))
     index = _index([str(tmp_path)])

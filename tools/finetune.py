@@ -7,9 +7,10 @@
     python tools/finetune.py --checkpoint CKPT --data breastmnist --layers auto --truncate auto
     python tools/finetune.py RECIPE.yaml [--flags] [key=value ...]
 
-With --layers auto / --truncate auto the range and the cut are chosen first from cheap evidence
-on the train and val splits (linear probes, Auto-RGN, a short successive-halving race; never the
-test split) and the choice, its evidence and its wall time go into metrics.json ("auto").
+With --layers auto / --truncate auto the range and the cut are chosen on the train and val
+splits, never the test split: a linear probe picks the cut, then the quarters at that cut race
+(successive halving on the real schedule by validation AUC; the winner runs to the end), and
+the choice, its evidence and its wall time go into metrics.json ("auto").
 Writes DIR/metrics.json (val/test AUC and ACC of the best-validation epoch, per class, confusion
 matrices), DIR/model.pt (the fine-tuned model), last.pt (for --resume), TensorBoard logs in DIR/tb.
 Under ``torchrun --nproc_per_node N tools/finetune.py ...`` the same command trains with DDP.

@@ -1,17 +1,20 @@
 """The chooser's rule against the alternatives, on a finished study with auto and fixed cells
-(docs/auto.md, "Why this rule"). Usage: python docs/runs/auto_rules.py STUDY_OUT
+(docs/auto.md). Usage: python docs/runs/auto_rules.py STUDY_OUT
 
 For every auto cell (data, labels, model, seed), the evidence it recorded (val probe AUC at each
-cut, Auto-RGN of each candidate) and the fixed cells of the same seed give the test AUC that each
-rule would have reached, without running anything again (a fixed cell is bitwise the run that the
-chooser starts for that selection):
+cut; Auto-RGN where the rule of its time measured it) and the fixed cells of the same seed give
+the test AUC that each rule would have reached, without running anything again (a fixed cell is
+bitwise the run that the chooser starts for that selection, made by the same code):
 
-* auto: what the chooser chose (probe cut with a 0.01 margin, then the highest Auto-RGN);
-* rgn only / cut at the best probe: one half of the rule each (no margin);
-* val oracle: the fixed selection with the best final val AUC (a full race, 8 runs of compute);
-* race@k: successive halving on the real schedule, the candidates compared by best val AUC
-  after k epochs (k = 2, 4), among all 8, or the chooser's choice against end-to-end.
-Differences are to the best fixed selection in hindsight (by test AUC) and to end-to-end.
+* auto: what the chooser of that run chose, its own test AUC;
+* probe cut, then Auto-RGN / Auto-RGN only (no cut) / cut at the best probe (no margin): the
+  rule before the race and its halves (only for runs that recorded Auto-RGN at every cut);
+* probe cut, then race of the quarters (the rule now) / the race without the cut: successive
+  halving replayed on the fixed runs' val curves, as ssl_ft.auto_layers._race runs it;
+* val oracle: the fixed selection with the best final val AUC (a full grid of compute);
+* race@k of 8: all 8 compared by best val AUC after k epochs (k = 2, 4).
+Differences are to the best fixed selection in hindsight (by test AUC) and to end-to-end, per
+case and per row (the mean over the seeds, as issue 15's table), with each rule's CPU share.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ def _load(out: Path) -> dict[tuple, dict[str, dict]]:
 
 
 def _val_after(m: dict, k: int) -> float:
-    return max(h["val_auc"] for h in m["history"][:k])
+    """Best val AUC in the first k trained epochs (lp-ft's epoch-0 probe row is not one)."""
+    trained = [h for h in m["history"] if h.get("phase") != "probe"] or m["history"]
+    return max(h["val_auc"] for h in trained[:k])
 
 
 QUARTERS = ["0-25", "25-50", "50-75", "75-100"]
@@ -57,6 +62,8 @@ def race(g: dict[str, dict], among: list[str], rung: float = 0.25) -> tuple[str,
         alive.sort(key=lambda n: -_val_after(g[n], k))
         alive, k = alive[:max(1, len(alive) // 2)], min(epochs - 1, k * 2)
     trained[alive[0]] = epochs
+    if any(g[n].get("cpu_time_s") is None for n in trained):
+        return alive[0], None
     return alive[0], sum(g[n]["cpu_time_s"] * e / epochs for n, e in trained.items())
 
 
@@ -72,7 +79,7 @@ def rules(g: dict[str, dict]) -> dict[str, tuple[str, float | None]]:
     probe = _probe(auto)
     chosen = g["auto"]["layers"] + (f" t{g['auto']['truncate']:g}"
                                     if g["auto"]["truncate"] < 100 else "")
-    cpu = {n: g[n]["cpu_time_s"] for n in g}
+    cpu = {n: g[n].get("cpu_time_s") for n in g}
     out: dict[str, tuple[str, float | None]] = {"auto": (chosen, cpu["auto"])}
     at100 = [n for n in cand if cand[n]["truncate"] == 100 and "rgn" in cand[n]]
     if at100:  # runs of the rule before the race (Auto-RGN at every cut)
@@ -87,7 +94,7 @@ def rules(g: dict[str, dict]) -> dict[str, tuple[str, float | None]]:
     out["race of the quarters (no cut)"] = race(g, QUARTERS)
     out["end-to-end"] = ("0-100", cpu["0-100"])
     out["val oracle"] = (max(fixed, key=lambda n: g[n]["val"]["auc"]),
-                         sum(cpu[n] for n in fixed))
+                         None if None in (cpu[n] for n in fixed) else sum(cpu[n] for n in fixed))
     for k in (2, 4):
         out[f"race@{k} of 8"] = (max(fixed, key=lambda n: _val_after(g[n], k)), None)
     return out
@@ -111,7 +118,8 @@ def main(out: Path) -> None:
     for key, g in groups.items():
         test = {n: g[n]["test"]["auc"] for n in g if n != "auto"}
         best = max(test, key=test.get)
-        grid = sum(g[n]["cpu_time_s"] for n in test)
+        times = [g[n].get("cpu_time_s") for n in test]
+        grid = None if None in times else sum(times)
         print(f"{key}: best {best} {test[best]:.4f}, end-to-end {test['0-100']:.4f}; "
               + _cost(g))
         for n in test:
@@ -120,7 +128,7 @@ def main(out: Path) -> None:
             auc = g["auto"]["test"]["auc"] if rule == "auto" else test[choice]
             d = (auc - test[best], auc - test["0-100"])
             scores[rule].append(d)
-            rows[key[:3]][rule].append((auc, None if cpu is None else cpu / grid))
+            rows[key[:3]][rule].append((auc, None if None in (cpu, grid) else cpu / grid))
             print(f"  {rule:>36}: {choice:>9}  test {auc:.4f}  vs best {d[0]:+.4f}  "
                   f"vs e2e {d[1]:+.4f}")
     print(f"\n{len(groups)} cases (one seed each) | rule | mean vs best | worst | mean vs e2e | "

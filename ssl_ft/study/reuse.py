@@ -7,9 +7,10 @@ each unfinished fine-tuning cell in the ``reuse`` folders (other studies' ``out`
 run whose resolved configuration (``metrics.json["recipe"]``: every ``FinetuneConfig`` field,
 defaults included; for a ``layers: auto`` run, what it asked for, not what it chose, and the
 chooser's options with their defaults as that run resolved them: a run of an older rule is
-not reused for a cell of the new one) equals the cell's, except for ``out`` and ``threads`` (the thread count
-changes the order of float sums, not the run), with the same checkpoint file (same real path,
-not modified since that run ended), is copied into the cell's folder with a ``reused_from.txt``
+not reused for a cell of the new one) equals the cell's, except for ``out`` and ``threads``
+(the thread count changes the order of float sums, not the run; so did the switch to the
+fused Adam kernel, which the key does not see either), with the same checkpoint file (same
+real path, not modified since that run ended), is copied into the cell's folder with a ``reused_from.txt``
 naming its source. Anything else (another learning rate, seed, a retrained checkpoint) runs.
 """
 
@@ -46,10 +47,20 @@ def run_key(config: dict[str, Any]) -> str:
 
         full["auto_args"] = to_dict(from_dict(AutoConfig, full.get("auto_args") or {},
                                               where="auto_args"))
+    else:
+        full.pop("auto_args", None)  # read only by the chooser
     ckpt = full.get("checkpoint")
     if isinstance(ckpt, str) and ckpt != "none":
         full["checkpoint"] = os.path.realpath(ckpt)
     return json.dumps(full, sort_keys=True, default=str)
+
+
+def _AUTO_FIELDS() -> set[str]:  # noqa: N802  (a constant, computed late: no import cycle)
+    import dataclasses
+
+    from ssl_ft.auto_layers import AutoConfig
+
+    return {f.name for f in dataclasses.fields(AutoConfig)}
 
 
 def _index(folders: list[str]) -> dict[str, Path]:
@@ -65,6 +76,8 @@ def _index(folders: list[str]) -> dict[str, Path]:
                 recipe = {**m["recipe"], **auto.get("requested", {})}
                 if auto:
                     recipe["auto_args"] = auto["auto_args"]
+                    if set(recipe["auto_args"]) != _AUTO_FIELDS():  # options since added
+                        continue
                 index.setdefault(run_key(recipe), path.parent)
             except (OSError, ValueError, KeyError, TypeError):  # not a finished run we can read
                 continue
