@@ -253,7 +253,11 @@ def test_sigkill_never_leaves_a_truncated_checkpoint(tmp_path: Path) -> None:
         delay = rng.uniform(0.0, 0.6)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # read on through the same text stream: readline() above may have buffered more lines
+        # (the writer runs on while the other one is handled), which communicate() would skip
+        rest = proc.stdout.read()
+        proc.stdout.close()
         done = [int(x) for x in ([first] + rest.split()) if str(x).strip()]
         ckpt = load_checkpoint(path)  # never truncated
         epoch = ckpt.meta["epoch"]

@@ -57,7 +57,7 @@ def plot(data: dict[tuple, dict[str, list[float]]], path: Path) -> None:
         lo = min(min(min(v) for v in r.values()), auto) - 0.01
         ax.set_ylim(lo, max(max(v) for v in r.values()) + 0.005)
         ax.set_xticks(x, FIXED, rotation=60, fontsize=7)
-        ax.set_title(f"{name} {frac:.0%} {method}", fontsize=9)
+        ax.set_title(f"{name} {frac:.0%} {method} ({len(r['auto'])} seeds)", fontsize=9)
         ax.legend(fontsize=7, loc="lower left")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
