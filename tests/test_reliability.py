@@ -24,13 +24,13 @@ def call(capsys, tool, name: str, *argv: str) -> tuple[int, str, str]:
     return code, cap.out, cap.err
 
 
-def test_lr_1e6_is_a_float_for_pretrain_and_finetune(capsys, tool):
+def test_lr_1e6_is_a_float_for_pretrain_and_finetune(capsys, tool, data_root):
     code, out, err = call(capsys, tool, "pretrain", QUICK, "train.lr=1e6", "--print-recipe")
     assert code == 0, err
     assert yaml.safe_load(out)["train"]["lr"] == 1e6
     code, out, err = call(capsys, tool, "finetune", "lr=1e6", "--lr", "2e-3", "--checkpoint",
                           "none", "--arch", "resnet18", "--dry-run", "--limit", "8",
-                          "--data", "pneumoniamnist")
+                          "--data", "pneumoniamnist", "--data-root", str(data_root))
     assert code == 0, err  # the flag wins; the positional 1e6 parsed as a float first
 
 
