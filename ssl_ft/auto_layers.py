@@ -164,7 +164,7 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
     every candidate cut (when there are several), and Auto-RGN / Auto-SNR of the candidates at
     the chosen cut when they are ranked by it (the cut keeps none of ``race_among``, or it
     keeps several but they cannot be raced: a dry run or a single epoch). Returns the probe
-    rows, the cut and the seconds spent."""
+    rows and the seconds spent."""
     torch.manual_seed(cfg.seed)  # a random init is the one the fine-tuning run draws
     backbone, source = build_backbone(cfg.checkpoint, splits.info, arch=cfg.arch,
                                       stem=cfg.stem, normalization=cfg.normalization)
@@ -194,7 +194,7 @@ def gather_evidence(cfg: FinetuneConfig, auto: AutoConfig, candidates: list[dict
         seconds += grad["seconds"]
         for c in at_cut:
             c.update(range_statistics(grad["units"], c["trained"]))
-    return {"probe": rows, "cut": cut, "seconds": seconds}
+    return {"probe": rows, "seconds": seconds}
 
 
 def _needs_gradients(at_cut: list[dict[str, Any]], auto: AutoConfig, can_race: bool) -> bool:

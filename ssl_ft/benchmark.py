@@ -155,6 +155,12 @@ def _step_rate(method, optimizer, batches: Callable[[], Iterator[torch.Tensor]],
     return count / (time.perf_counter() - start)
 
 
+def _sgd(method: torch.nn.Module) -> torch.optim.Optimizer:
+    """The contenders' optimiser: SGD with momentum over the trainable parameters."""
+    return torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
+                           momentum=0.9)
+
+
 def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, steps: int,
                         precision: str, lightly_workers: tuple[int, ...] = (0, 2),
                         stem: str = "standard", channels_last: bool = True
@@ -174,8 +180,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     method = _method(method_name, images, size, stem)
     if channels_last:  # as the engine does for train.channels_last: the whole method
         method.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01,
-                          momentum=0.9)
+    opt = _sgd(method)
     real_augment = method.augment
     x = torch.from_numpy(images[:batch]).float() / 255
     views = [real_augment(x), real_augment(x)]
@@ -207,8 +212,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     other = _method(method_name, images, size, stem)
     if not channels_last:
         other.to(memory_format=torch.channels_last)
-    other_opt = torch.optim.SGD([p for p in other.parameters() if p.requires_grad], lr=0.01,
-                                momentum=0.9)
+    other_opt = _sgd(other)
     out[f"ssl_ft ({precision}, {'contiguous' if channels_last else 'channels_last'})"] = \
         ssl_ft(other, other_opt)
     if method_name in ("simclr", "moco"):

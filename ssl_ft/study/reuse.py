@@ -55,16 +55,13 @@ def run_key(config: dict[str, Any]) -> str:
     return json.dumps(full, sort_keys=True, default=str)
 
 
-def _AUTO_FIELDS() -> set[str]:  # noqa: N802  (a constant, computed late: no import cycle)
+def _index(folders: list[str]) -> dict[str, Path]:
+    """``{run key: run folder}`` of the finished fine-tuning runs under the folders."""
     import dataclasses
 
     from ssl_ft.auto_layers import AutoConfig
 
-    return {f.name for f in dataclasses.fields(AutoConfig)}
-
-
-def _index(folders: list[str]) -> dict[str, Path]:
-    """``{run key: run folder}`` of the finished fine-tuning runs under the folders."""
+    auto_fields = {f.name for f in dataclasses.fields(AutoConfig)}
     index: dict[str, Path] = {}
     for root in folders:
         for path in sorted(Path(root).glob("cells/finetune/**/metrics.json")):
@@ -76,7 +73,7 @@ def _index(folders: list[str]) -> dict[str, Path]:
                 recipe = {**m["recipe"], **auto.get("requested", {})}
                 if auto:
                     recipe["auto_args"] = auto["auto_args"]
-                    if set(recipe["auto_args"]) != _AUTO_FIELDS():  # options since added
+                    if set(recipe["auto_args"]) != auto_fields:  # options added since
                         continue
                 index.setdefault(run_key(recipe), path.parent)
             except (OSError, ValueError, KeyError, TypeError):  # not a finished run we can read
