@@ -226,7 +226,19 @@ def set_threads(threads: int | None, dist: Dist) -> int:
     if threads < 1:
         raise UserError(f"threads must be >= 1, got {threads}")
     torch.set_num_threads(threads)
+    blas_threads(threads)  # NumPy/SciPy's BLAS pool has its own count (the core count)
     return threads
+
+
+def blas_threads(threads: int) -> Any:
+    """Cap the BLAS pools of NumPy and SciPy (scikit-learn's logistic fits run on them) at
+    ``threads``; torch's own pool is untouched. Used as a context manager it restores the old
+    caps on exit. Measured here (``benchmarks/bench_blas.py``): OpenBLAS's two threads make a
+    probe's logistic fits ~7x slower than one thread, and two such processes on two cores ~20x
+    (the fits are many small matrix products, where the threads only wait on each other)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def seed_everything(seed: int) -> None:

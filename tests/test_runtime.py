@@ -84,3 +84,46 @@ def test_grad_scaler_is_a_pass_through_off_cuda_fp16():
     scaler.step(opt)
     scaler.update()
     assert w.item() == pytest.approx(0.0)   # 1 - 0.5 * 2: the plain SGD step
+
+
+def _blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+
+def test_set_threads_caps_the_blas_pool_too():
+    """NumPy/SciPy's OpenBLAS starts with one thread per core whatever torch is told: two
+    workers with threads=1 each then still ran two BLAS threads each (a probe's fits ~20x
+    slower, benchmarks/bench_blas.py). In a child: the cap is process-wide."""
+    code = ("import torch; from threadpoolctl import threadpool_info; "
+            "from ssl_ft.runtime import set_threads, Dist; set_threads(1, Dist()); "
+            "print(sorted({p['num_threads'] for p in threadpool_info() "
+            "if p['user_api'] == 'blas'}), torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["[1]", "1"], out.stderr
+
+
+def test_probe_fits_run_on_one_blas_thread_and_restore_the_cap(monkeypatch):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from ssl_ft.features import fit_probe
+    from ssl_ft.runtime import blas_threads
+
+    seen: list[set[int]] = []
+    real_fit = LogisticRegression.fit
+
+    def fit(self, x, y):
+        seen.append(_blas_threads())
+        return real_fit(self, x, y)
+
+    monkeypatch.setattr(LogisticRegression, "fit", fit)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 4)), np.arange(60) % 2
+    with blas_threads(2):
+        before = _blas_threads()
+        fit_probe(x, y, x, y, task="binary-class", num_classes=2, c_grid=(0.1, 1.0))
+        assert _blas_threads() == before  # the caller's cap is back
+    assert seen == [{1}, {1}]

@@ -14,6 +14,7 @@ from torch import nn
 
 from ssl_ft.features import padded_proba
 from ssl_ft.metrics import classification_metrics
+from ssl_ft.runtime import blas_threads
 
 __all__ = ["knn_probs", "linear_probe_probs", "probe"]
 
@@ -45,7 +46,8 @@ def linear_probe_probs(train: torch.Tensor, train_labels: torch.Tensor, query: t
     from sklearn.preprocessing import StandardScaler
 
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    clf.fit(train.numpy(), train_labels.numpy())
+    with blas_threads(1):  # many small matrix products: one BLAS thread is fastest
+        clf.fit(train.numpy(), train_labels.numpy())
     return padded_proba(clf, query.numpy(), num_classes)
 
 
