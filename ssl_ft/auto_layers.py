@@ -40,7 +40,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -65,6 +64,7 @@ from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
+from ssl_ft.profile import profiling
 from ssl_ft.runtime import Dist, resolve_device, set_threads
 
 __all__ = ["CANDIDATES", "QUARTERS", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
@@ -255,61 +255,63 @@ def shortlist(candidates: list[dict[str, Any]], auto: AutoConfig) -> tuple[list[
     return picked, why
 
 
-def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig,
-          folder: Path) -> dict[str, Any]:
+def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig, folder: Path,
+          device: torch.device) -> tuple[dict[str, Any], Any]:
     """Successive halving on the real schedule: every candidate trains ``race_rung`` of the
     epochs, the better half (best val AUC so far) goes on to twice as many, until one is left.
-    Returns the winner, whose paused run folder is ``winner["folder"]``."""
-    from ssl_ft.finetune.engine import finetune
+    The runs stay open between rungs (:class:`~ssl_ft.finetune.engine.Run`, one data load
+    shared; each run's frozen-prefix cache gets its share of ``prefix_cache_gb``) and write
+    ``last.pt`` every epoch in ``folder/<name>``: a killed race resumes. Returns the winner and
+    its open run."""
+    from ssl_ft.finetune.engine import Run
 
     alive, rung = list(picked), max(1, math.ceil(cfg.epochs * auto.race_rung))
+    runs: dict[str, Any] = {}
+    share = cfg.prefix_cache_gb / len(picked)
     while len(alive) > 1:
         for c in alive:
-            c["folder"] = str(folder / re.sub(r"[^0-9a-z.-]+", "_", c["name"]))
-            run = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
-                                      out=c["folder"])
-            finetune(run, resume=True, progress=False, stop_after=rung)
-            rows = [json.loads(line)
-                    for line in (Path(c["folder"]) / "metrics.jsonl").read_text().splitlines()
-                    if line.strip()]
-            # lp-ft's epoch-0 probe row is not a trained epoch (lp has only that row)
-            c["race"] = [r["val_auc"] for r in
-                         ([r for r in rows if r.get("phase") != "probe"] or rows)]
+            if c["name"] not in runs:
+                c["folder"] = str(folder / re.sub(r"[^0-9a-z.-]+", "_", c["name"]))
+                run_cfg = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
+                                              out=c["folder"], prefix_cache_gb=share)
+                shared = next(iter(runs.values())).p.splits if runs else None
+                runs[c["name"]] = Run(run_cfg, Dist(), device, resume=True, progress=False,
+                                      splits=shared)
+            runs[c["name"]].train_to(rung)
+            c["race"] = runs[c["name"]].val_curve()[:rung]
             print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
                   f"{max(c['race']):.4f}", file=sys.stderr)
         alive.sort(key=lambda c: -max(c["race"]))
         keep = max(1, len(alive) // 2)
         for c in alive[keep:]:
             c["stopped_at"] = rung
+            runs.pop(c["name"]).close(test=False)
         nxt = min(cfg.epochs - 1, rung * 2)
         # a rung that cannot grow (e.g. 2 epochs) would resume the survivors for nothing
         alive, rung = (alive[:keep], nxt) if nxt > rung else (alive[:1], rung)
-    return alive[0]
+    for name in [n for n in runs if n != alive[0]["name"]]:
+        runs.pop(name).close(test=False)
+    return alive[0], runs[alive[0]["name"]]
 
 
-def _continue_in(out: Path, winner: dict[str, Any], auto: AutoConfig) -> None:
-    """Move the winner's paused run into ``out`` (the run continues there) and prune the
-    stopped candidates' checkpoints."""
-    src = Path(winner["folder"])
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("best.pt", "metrics.jsonl", "last.pt"):  # last.pt last: it marks a resumable run
-        shutil.copy2(src / name, out / name)
-    if (src / "tb").is_dir():
-        shutil.copytree(src / "tb", out / "tb", dirs_exist_ok=True)
+def _prune(folder: Path, auto: AutoConfig) -> None:
+    """Drop the race's checkpoints (the winner's went on in the run folder)."""
     if not auto.keep_race:
-        for ck in src.parent.glob("*/*.pt"):
+        for ck in folder.glob("*/*.pt"):
             ck.unlink()
 
 
-def resolve_auto(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False
-                 ) -> tuple[FinetuneConfig, dict[str, Any] | None, bool]:
+def resolve_auto(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = False,
+                 device: torch.device | None = None
+                 ) -> tuple[FinetuneConfig, dict[str, Any] | None, bool, Any]:
     """``cfg`` with ``layers``/``truncate`` ``auto`` replaced by the choice, the record of the
-    choice (None when nothing is ``auto``) and whether the run continues a paused one (the
-    race's winner). A run resumed after the choice reads it back from ``out/auto.json``.
-    ``dry_run`` gathers the evidence only (no race, nothing written) and returns the
-    shortlist's first candidate."""
+    choice (None when nothing is ``auto``), whether the run continues a paused one, and the
+    race winner's open :class:`~ssl_ft.finetune.engine.Run` that goes on as the run (None
+    when nothing was raced). A run resumed after the choice reads it back from
+    ``out/auto.json``. ``dry_run`` gathers the evidence only (no race, nothing written) and
+    returns the shortlist's first candidate."""
     if cfg.layers != "auto" and cfg.truncate != "auto":
-        return cfg, None, resume
+        return cfg, None, resume, None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("layers/truncate auto runs in one process; choose first (tools/"
                         "finetune.py --layers auto), then launch torchrun with the chosen "
@@ -319,28 +321,29 @@ def resolve_auto(cfg: FinetuneConfig, *, resume: bool = False, dry_run: bool = F
     record_file = out / "auto.json"
     if resume and record_file.is_file() and not dry_run:
         record = json.loads(record_file.read_text())
-        return dataclasses.replace(cfg, **record["chosen"]), record, True
+        return dataclasses.replace(cfg, **record["chosen"]), record, True, None
     if (out / "last.pt").exists() and not resume and not dry_run:
         raise UserError(f"run folder {out} already holds last.pt; pass --resume to continue it "
                         "or choose another --out")
-    record, winner = _choose(cfg, auto, race=not dry_run)
+    record, run = _choose(cfg, auto, race=not dry_run, device=device)
     final = dataclasses.replace(cfg, **record["chosen"])
     if dry_run:
-        return final, record, resume
-    if winner is not None:
-        _continue_in(out, winner, auto)
+        return final, record, resume, None
+    if run is not None:
+        run.move_to(final)
+        _prune(out / "auto_race", auto)
     out.mkdir(parents=True, exist_ok=True)
     write_json(record_file, record)
-    return final, record, winner is not None or resume
+    return final, record, resume or run is not None, run
 
 
-def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
-            ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The record of the choice (``chosen`` = ``{layers, truncate}``) and the race winner
-    (None when nothing was raced)."""
+def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True,
+            device: torch.device | None = None) -> tuple[dict[str, Any], Any]:
+    """The record of the choice (``chosen`` = ``{layers, truncate}``) and the race winner's
+    open run (None when nothing was raced)."""
     t0, c0 = time.perf_counter(), time.process_time()
     set_threads(cfg.threads, Dist())
-    device = resolve_device(cfg.device)
+    device = device or resolve_device(cfg.device)
     splits = _load(cfg)
     backbone, _ = build_backbone(cfg.checkpoint, splits.info, arch=cfg.arch, stem=cfg.stem)
     check_input_size(backbone, splits.info.image_size)
@@ -349,7 +352,7 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
     record: dict[str, Any] = {"requested": {"layers": cfg.layers, "truncate": cfg.truncate},
                               "auto_args": to_dict(auto),
                               "candidates": candidates, "evidence_s": 0.0, "race_s": 0.0}
-    winner = None
+    run = None
     if cfg.checkpoint == "none":  # nothing pretrained to keep: train all that is kept
         best = max(candidates, key=lambda c: (c["kept"], len(c["trained"]), -c["trained"][0]))
         why = "a random initialisation has no features to keep: train every kept unit"
@@ -363,8 +366,10 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
         best = picked[0]
         if len(picked) > 1 and race and cfg.epochs > 1 and cfg.strategy != "lp":
             t1 = time.perf_counter()
-            winner = best = _race(cfg, picked, auto, Path(cfg.out) / "auto_race")
+            with profiling() as race_phases:  # the race's own record of where its time went
+                best, run = _race(cfg, picked, auto, Path(cfg.out) / "auto_race", device)
             record["race_s"] = time.perf_counter() - t1
+            record["race_profile_s"] = {k: round(v, 4) for k, v in race_phases.items()}
             why += "; race (best val AUC so far): " + ", ".join(
                 f"{c['name']} {max(c['race']):.4f} after {len(c['race'])} epochs"
                 for c in picked)
@@ -376,7 +381,7 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True
                   wall_time_s=time.perf_counter() - t0, cpu_time_s=time.process_time() - c0)
     print(f"auto chose layers {best['layers']} truncate {best['truncate']:g}: {why} "
           f"({record['wall_time_s']:.0f} s)", file=sys.stderr)
-    return record, winner
+    return record, run
 
 
 def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: DepthMap,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,21 +115,34 @@ def test_the_race_halves_by_best_val_so_far(tmp_path, monkeypatch):
 
     curves = {"0-25": [0.70, 0.71, 0.99, 0.99], "25-50": [0.80, 0.81, 0.82, 0.83],
               "50-75": [0.60, 0.82, 0.84, 0.86], "75-100": [0.50, 0.55, 0.99, 0.99]}
-    calls = []
+    calls, closed = [], []
 
-    def fake(cfg, *, resume, progress, stop_after):
-        calls.append((cfg.layers, stop_after))
-        rows = [{"epoch": e + 1, "val_auc": v} for e, v in enumerate(curves[cfg.layers])]
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        (Path(cfg.out) / "metrics.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in rows[:stop_after]))
+    class FakeRun:  # the race's view of a run: train to an epoch, its val curve, close
+        def __init__(self, cfg, dist, device, *, resume, progress, splits=None):
+            self.cfg, self.epoch, self.p = cfg, 0, SimpleNamespace(splits="the one load")
+            assert resume and splits == (None if not calls else "the one load")
 
-    monkeypatch.setattr(engine, "finetune", fake)
+        def train_to(self, stop):
+            calls.append((self.cfg.layers, stop))
+            self.epoch = stop
+
+        def val_curve(self):
+            return curves[self.cfg.layers][:self.epoch]
+
+        def close(self, test=True):
+            closed.append((self.cfg.layers, test))
+
+    monkeypatch.setattr(engine, "Run", FakeRun)
     picked = [{"name": n, "layers": n, "truncate": 100.0} for n in curves]
-    winner = _race(FinetuneConfig(epochs=8), picked, AutoConfig(), tmp_path)
+    winner, run = _race(FinetuneConfig(epochs=8), picked, AutoConfig(), tmp_path,
+                        torch.device("cpu"))
+    # each candidate is set up once and kept open between rungs; the stopped ones are closed
+    # without a test evaluation, the winner is handed on open
     assert calls == [("0-25", 2), ("25-50", 2), ("50-75", 2), ("75-100", 2),
                      ("50-75", 4), ("25-50", 4)]
-    assert winner["name"] == "50-75"
+    assert winner["name"] == "50-75" and run.cfg.layers == "50-75"
+    assert closed == [("0-25", False), ("75-100", False), ("25-50", False)]
+    assert run.cfg.prefix_cache_gb == FinetuneConfig().prefix_cache_gb / 4
     assert [c.get("stopped_at") for c in picked] == [2, 4, None, 2]
 
 
@@ -136,7 +150,7 @@ def test_a_constant_last_quarter_is_cut_off(data_root, tmp_path, broken_top):
     """A constructed case with a known answer: the last quarter carries no signal (its output
     is constant), so the network must be cut at 75 %."""
     cfg = _cfg(data_root, tmp_path / "run", broken_top)
-    chosen, record, _ = resolve_auto(cfg, dry_run=True)
+    chosen, record, _, _ = resolve_auto(cfg, dry_run=True)
     probe = {r["depth"]: r["val_auc"] for r in record["probe"]}
     assert probe[100] == pytest.approx(0.5) and probe[75] > 0.8
     assert (chosen.layers, chosen.truncate) == ("0-75", 75.0)
@@ -158,7 +172,7 @@ def test_the_choice_follows_the_gradient_evidence(data_root, tmp_path, ckpt, mon
     monkeypatch.setattr(auto_layers, "gradient_evidence", rigged)
     cfg = _cfg(data_root, tmp_path / "run", ckpt,
                auto_args={"race_among": [], "cut_margin": 1.0})
-    chosen, record, _ = resolve_auto(cfg, dry_run=True)
+    chosen, record, _, _ = resolve_auto(cfg, dry_run=True)
     assert (chosen.layers, chosen.truncate) == ("50-75", 100.0)
     # Auto-RGN is measured at the chosen cut only (the 0-75 t75 candidate has none)
     rgn = {c["name"]: c["rgn"] for c in record["candidates"] if "rgn" in c}
@@ -205,7 +219,7 @@ def test_every_architecture(data_root, tmp_path, arch, size, stem):
     ck = _save(tmp_path / "ck.pt", create_backbone(arch, in_chans=1, stem=stem), arch, size,
                stem)
     cfg = _cfg(data_root, tmp_path / "run", ck, size=size, limit=96, epochs=2)
-    chosen, record, _ = resolve_auto(cfg, dry_run=True)
+    chosen, record, _, _ = resolve_auto(cfg, dry_run=True)
     assert record["chosen"] == {"layers": chosen.layers, "truncate": chosen.truncate}
     names = {c["name"] for c in record["candidates"]}
     assert f"{chosen.layers}" + ("" if chosen.truncate == 100 else
@@ -220,7 +234,7 @@ def test_every_architecture(data_root, tmp_path, arch, size, stem):
 def test_random_init_trains_everything_without_evidence(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(auto_layers, "gather_evidence", lambda *a, **k: pytest.fail("ran"))
     cfg = _cfg(data_root, tmp_path / "run", "none", arch="resnet18", truncate=75)
-    chosen, record, _ = resolve_auto(cfg, dry_run=True)
+    chosen, record, _, _ = resolve_auto(cfg, dry_run=True)
     assert (chosen.layers, chosen.truncate) == ("0-100", 75.0)
     assert "random initialisation" in record["reason"]
 
@@ -256,6 +270,16 @@ def test_cli_layers_auto_as_a_user_runs_it(data_root, tmp_path, tool, ckpt, caps
     assert 0 < a["wall_time_s"] < m["wall_time_s"]
     assert m["recipe"]["layers"] == m["layers"]  # the run itself is an ordinary fixed run
     assert len(m["history"]) == 4 and json.loads((out / "auto.json").read_text()) == a
+    assert not list((out / "auto_race").glob("*/*.pt"))  # the stopped runs' checkpoints pruned
+    # the winner, trained in stretches between the other runs of the race and handed on in
+    # memory, is bitwise the fixed run of its selection (what docs/runs/auto_rules.py replays)
+    fixed = tmp_path / "fixed"
+    assert _tool_run(tool, [*argv[:-5], "--layers", a["chosen"]["layers"], "--truncate",
+                            str(a["chosen"]["truncate"]), "--out", str(fixed), "threads=1"]) == 0
+    f = json.loads((fixed / "metrics.json").read_text())
+    assert [h["val_auc"] for h in f["history"]] == [h["val_auc"] for h in m["history"]]
+    assert f["test"]["auc"] == m["test"]["auc"]
+    assert set(a["race_profile_s"]) >= {"setup", "train", "validate"}
     # a fixed range and an auto cut; the dry run chooses and prints, but trains nothing
     assert _tool_run(tool, [*argv[:-5], "--layers", "25-50", "--truncate", "auto",
                             "--out", str(tmp_path / "dry"), "--dry-run", "threads=1"]) == 0
@@ -312,4 +336,4 @@ def test_auto_refuses_several_processes(data_root, tmp_path, ckpt, monkeypatch):
         resolve_auto(_cfg(data_root, tmp_path / "run", ckpt))
     monkeypatch.setenv("WORLD_SIZE", "1")
     cfg = FinetuneConfig(layers="25-50", truncate=75)
-    assert resolve_auto(cfg) == (cfg, None, False)  # nothing auto: nothing done
+    assert resolve_auto(cfg) == (cfg, None, False, None)  # nothing auto: nothing done

@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.dry_run:
         from ssl_ft.auto_layers import resolve_auto
 
-        cfg, _, _ = resolve_auto(cfg, dry_run=True)  # layers/truncate auto: evidence only
+        cfg, _, _, _ = resolve_auto(cfg, dry_run=True)  # layers/truncate auto: evidence only
         print(prepare(cfg).describe())
         return
     finetune(cfg, resume=args.resume)

@@ -17,9 +17,9 @@ of an uninterrupted one.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +28,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_ft.checkpoint import load_checkpoint
-from ssl_ft.config import from_dict, load_recipe, to_dict
-from ssl_ft.data import ArraySplits, load_data
-from ssl_ft.data.checks import check_learnable
+from ssl_ft.config import load_recipe, to_dict
+from ssl_ft.data import ArraySplits
 from ssl_ft.errors import UserError
 from ssl_ft.features import fit_linear_head
 from ssl_ft.finetune.config import FinetuneConfig
-from ssl_ft.finetune.model import FinetuneModel, build_backbone, save_finetuned
+from ssl_ft.finetune.model import FinetuneModel, save_finetuned
 from ssl_ft.finetune.outputs import evaluate, finish, run_meta, save_last
-from ssl_ft.finetune.prefix_cache import cacheable_prefix, prefix_activations, prefix_bytes
+from ssl_ft.finetune.prepare import Prepared, prepare, use_prefix_cache
 from ssl_ft.finetune.steps import augment_batch, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
 from ssl_ft.finite import chance_loss, check_state, warn_if_diverging
-from ssl_ft.leakage import guard_checkpoint, own_train_split
-from ssl_ft.models import check_input_size
-from ssl_ft.models.depth import DepthMap, Selection
 from ssl_ft.profile import phase, profiling
 from ssl_ft.resume import check_same_recipe
 from ssl_ft.runlock import RunLock
@@ -72,7 +68,7 @@ from ssl_ft.scaffold import (
     warmup_cosine,
 )
 
-__all__ = ["Prepared", "evaluate", "finetune", "load_finetune_recipe", "prepare",
+__all__ = ["Prepared", "Run", "evaluate", "finetune", "load_finetune_recipe", "prepare",
            "train_one_epoch"]
 
 # recipe keys that may change when a run is resumed
@@ -87,118 +83,28 @@ def load_finetune_recipe(path: str | None, overrides: list[str] = ()) -> Finetun
     return cfg
 
 
-@dataclass
-class Prepared:
-    """Everything a run needs before the first step (also what ``--dry-run`` prints)."""
-
-    cfg: FinetuneConfig
-    splits: ArraySplits
-    model: FinetuneModel
-    selection: Selection
-    strategy: Strategy
-    source: dict[str, Any]
-    leakage: dict[str, Any] | None = None
-    cache: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def trainable_params(self) -> dict[str, int]:
-        """Backbone parameters trained in at least one epoch, head parameters, their sum."""
-        units = sorted({i for e in range(self.cfg.epochs)
-                        for i in self.strategy.trained_units(e)})
-        bb = self.model.backbone
-        backbone = sum(p.numel() for i in units for _, p in bb.unit_parameters(bb.units[i]))
-        head = sum(p.numel() for p in self.model.head.parameters())
-        return {"backbone": backbone, "head": head, "total": backbone + head}
-
-    def describe(self) -> str:
-        """The depth-map table plus what the strategy trains."""
-        n = self.trainable_params
-        lines = [self.selection.table(),
-                 f"strategy {self.cfg.strategy}: trains {n['backbone']:,} backbone + "
-                 f"{n['head']:,} head = {n['total']:,} parameters "
-                 f"({self.splits.info.num_classes} classes)"]
-        if self.strategy.fits_probe:
-            lines.append("head: first the converged logistic probe of the frozen features (C "
-                         f"from {self.strategy.config.c_grid} on val), then "
-                         f"{self.strategy.train_epochs()} epochs of optimiser steps")
-        if self.cfg.strategy != "ft" and self.strategy.train_epochs():
-            per_epoch = [len(self.strategy.trained_units(e)) for e in range(self.cfg.epochs)]
-            lines.append(f"trained units per epoch: {per_epoch}")
-        return "\n".join(lines)
-
-
-def prepare(cfg: FinetuneConfig) -> Prepared:
-    """Load data, build and truncate the backbone, select units, build the strategy."""
-    strategy_cls = get_strategy(cfg.strategy)
-    strategy_cfg = from_dict(strategy_cls.Config, cfg.strategy_args, where="strategy_args",
-                             prefix="strategy_args.")
-    splits = load_data(cfg.data, data_root=cfg.data_root, size=cfg.size, channels=cfg.channels,
-                       label_fraction=cfg.label_fraction, limit=cfg.limit, seed=cfg.seed,
-                       download=cfg.download)
-    check_learnable(splits)
-    info = splits.info
-    backbone, source = build_backbone(cfg.checkpoint, info, arch=cfg.arch, stem=cfg.stem,
-                                      normalization=cfg.normalization)
-    depth_map = DepthMap.from_backbone(backbone, cfg.depth_unit)
-    selection = depth_map.select(cfg.layers, cfg.truncate,
-                                 allow_empty=strategy_cls.allow_empty_selection)
-    selection.apply(backbone)
-    check_input_size(backbone, info.image_size)
-    model = FinetuneModel(backbone, info.num_classes, tuple(source["mean"]),
-                          tuple(source["std"]))
-    selected = [u.index for u in selection.trained]
-    strategy = strategy_cls(model, selected, cfg.epochs, strategy_cfg)
-    # after every cheaper check, so that a bad flag is the run's one line of output
-    whole = own_train_split(cfg.label_fraction, cfg.data, data_root=cfg.data_root,
-                            size=cfg.size, channels=cfg.channels, limit=cfg.limit,
-                            seed=cfg.seed, download=cfg.download)
-    leak = guard_checkpoint(cfg.checkpoint, splits.images, target=info.name,
-                            allow=cfg.allow_overlap, warn=_warn, own_train=whole)
-    return Prepared(cfg, splits, model, selection, strategy, source,
-                    leak.as_dict() if leak else None)
-
-
-def _use_prefix_cache(p: Prepared, model: FinetuneModel, device: torch.device,
-                      precision: str) -> bool:
-    """Compute the frozen prefix's train/val activations once (:mod:`.prefix_cache`) when
-    they apply and fit; the model then starts from them. Returns whether it does."""
-    cfg, info = p.cfg, p.splits.info
-    if cfg.prefix_cache == "off" or not p.strategy.train_epochs():
-        return False
-    k = cacheable_prefix(model, p.strategy, cfg.epochs, augment=cfg.augment,
-                         freeze_bn=cfg.freeze_bn)
-    n_images = sum(len(p.splits.images[s]) for s in ("train", "val"))
-    if k == 0 or prefix_bytes(model, k, n_images, info.image_size) > cfg.prefix_cache_gb * 2**30:
-        return False
-    t0 = time.perf_counter()
-    with phase("prefix_cache"):
-        for split in ("train", "val"):
-            p.cache[split] = prefix_activations(model, p.splits.images[split], k,
-                                                max_value=info.max_value, device=device,
-                                                precision=precision)
-    model.input_unit = k
-    print(f"prefix cache: the {k} frozen units' activations of {n_images} images computed "
-          f"once ({time.perf_counter() - t0:.1f} s); training starts at unit {k}", file=sys.stderr)
-    return True
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr)
-
-
 def finetune(cfg: FinetuneConfig, *, resume: bool = False, progress: bool | None = None,
              stop_after: int | None = None) -> Path:
     """Run (or resume) one fine-tuning run; returns the run folder. ``layers: auto`` and
-    ``truncate: auto`` are resolved first (:mod:`ssl_ft.auto_layers`). ``stop_after=k`` pauses
-    the run after epoch ``k`` (``last.pt`` written, no test evaluation; resume to go on)."""
+    ``truncate: auto`` are resolved first (:mod:`ssl_ft.auto_layers`; its race's winner goes
+    on as the run, set up once). ``stop_after=k`` pauses the run after epoch ``k``
+    (``last.pt`` written, no test evaluation; resume to go on)."""
     from ssl_ft.auto_layers import record_run, resolve_auto
 
     t0, c0 = time.perf_counter(), time.process_time()
     with profiling() as phases:
-        with phase("auto"):
-            cfg, auto, resume = resolve_auto(cfg, resume=resume)
         with distributed(cfg.device) as (dist, device), RunLock(cfg.out, enabled=dist.is_main):
-            out = _finetune(cfg, dist, device, resume, progress, stop_after)
+            with phase("auto"):
+                cfg, auto, resume, run = resolve_auto(cfg, resume=resume, device=device)
+            out = Path(cfg.out)
+            if run is None and (out / "metrics.json").exists() and resume:
+                if dist.is_main:
+                    print(f"{out} is finished (metrics.json exists); nothing to do",
+                          file=sys.stderr)
+                return out
+            run = run or Run(cfg, dist, device, resume=resume, progress=progress)
+            run.train_to(stop_after)
+            run.close(test=True)  # (a paused run is not finished: no test evaluation)
             if dist.is_main:  # wall/CPU time (chooser included), the choice, the phases
                 record_run(out, auto, time.perf_counter() - t0, time.process_time() - c0,
                            phases)
@@ -209,81 +115,130 @@ def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> No
     check_same_recipe(old, to_dict(cfg), sorted(_RESUMABLE), path)
 
 
-def _finetune(cfg: FinetuneConfig, dist: Dist, device: torch.device, resume: bool,
-              progress: bool | None, stop_after: int | None = None) -> Path:
-    out = Path(cfg.out)
-    last = out / "last.pt"
-    if (out / "metrics.json").exists() and resume:
+class Run:
+    """One fine-tuning run between its epochs. Creating it sets the run up (data, model, the
+    frozen prefix's cache, the state of ``last.pt`` when resuming, the log and, for ``lp`` /
+    ``lp-ft``, the probe); :meth:`train_to` trains up to an epoch (each one validated and
+    written to ``last.pt``: a kill loses at most the epoch under way); :meth:`close` ends it,
+    with the test evaluation and ``metrics.json`` once every epoch is done. The race of
+    ``layers: auto`` keeps its candidates open between rungs and hands the winner on
+    (:meth:`move_to`), so that no run of the race is set up twice. ``splits``: data already
+    loaded for the same recipe (shared by the race's runs)."""
+
+    def __init__(self, cfg: FinetuneConfig, dist: Dist, device: torch.device, *,
+                 resume: bool, progress: bool | None, splits: ArraySplits | None = None
+                 ) -> None:
+        self.cfg, self.dist, self.device, self.out = cfg, dist, device, Path(cfg.out)
+        refuse_overwrite(self.out, resume, "--out")
+        self.precision = precision = resolve_precision(cfg.precision, device)
+        threads = set_threads(cfg.threads, dist)
+        seed_everything(cfg.seed)
+        with phase("setup"):  # data, model, checkpoint, leakage guard
+            self.p = p = prepare(cfg, splits)
+        model, info = p.model.to(device), p.splits.info
+        self.optimizer = _optimizer(cfg, p.strategy)
+        x_all, y_all, scale = _train_inputs(p, model, device, precision)
+        per_rank = min(max(1, cfg.batch_size // dist.world_size), len(x_all) // dist.world_size)
+        if per_rank < 2:
+            raise UserError(f"{len(x_all)} training images are too few for {dist.world_size} "
+                            "process(es); raise --label-fraction or --limit")
+        loader, self.sampler = epoch_loader(x_all, y_all, batch_size=per_rank, dist=dist,
+                                            seed=cfg.seed, device=device)
+        (self.epoch, self.step, self.history, self.best,
+         self.probe) = _resume(p, self.optimizer, self.out / "last.pt", resume, device)
+        self.log = None
         if dist.is_main:
-            print(f"{out} is finished (metrics.json exists); nothing to do", file=sys.stderr)
-        return out
-    refuse_overwrite(out, resume, "--out")
-    precision = resolve_precision(cfg.precision, device)
-    threads = set_threads(cfg.threads, dist)
-    seed_everything(cfg.seed)
-    with phase("setup"):  # data, model, checkpoint, leakage guard
-        p = prepare(cfg)
-    model, strategy, info = p.model.to(device), p.strategy, p.splits.info
-    optimizer = _optimizer(cfg, strategy)
-    x_all, y_all, scale = _train_inputs(p, model, device, precision)
-    per_rank = min(max(1, cfg.batch_size // dist.world_size), len(x_all) // dist.world_size)
-    if per_rank < 2:
-        raise UserError(f"{len(x_all)} training images are too few for {dist.world_size} "
-                        "process(es); raise --label-fraction or --limit")
-    loader, sampler = epoch_loader(x_all, y_all, batch_size=per_rank, dist=dist, seed=cfg.seed,
-                                   device=device)
-    start_epoch, step, history, best, probe = _resume(p, optimizer, last, resume, device)
-    log = None
-    if dist.is_main:
-        log = RunLog(out, to_dict(cfg), history)  # no rows of an epoch cut short by a kill
-        log.open_tensorboard(purge_step=start_epoch or None)
-        print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
-              f"({len(x_all)} train images, {info.image_size}px): {_what(p, len(loader))}, "
-              f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
-              file=sys.stderr)
-    if strategy.fits_probe and probe is None and start_epoch > 0:
-        raise UserError(f"cannot resume {last}: it was made before {cfg.strategy} began with a "
-                        "converged linear probe (its head has trained without one); start a "
-                        "new run in another folder")
-    if strategy.fits_probe and probe is None:  # a resumed run has its probe: no refit
-        probe, best = _probe_phase(p, out, best, history, optimizer, log, device, precision,
-                                   dist)
-    epoch_args = dict(loader=loader, x_all=x_all, y_all=y_all, scale=scale, device=device,
-                      precision=precision, show=show_progress(dist, progress),
-                      scaler=grad_scaler(device, precision))  # fp16 on CUDA only
-    end = strategy.train_epochs()
-    stop = end if stop_after is None else min(stop_after, end)
-    ddp_units: list[int] | None = None
-    net: nn.Module = model
-    for epoch in range(start_epoch, stop):
-        seed_epoch(cfg.seed, epoch, dist.rank)
-        sampler.set_epoch(epoch)
-        trained = strategy.trained_units(epoch)
-        set_trainable(model, trained)
-        if dist.enabled and trained != ddp_units:  # DDP tracks a fixed set of parameters
-            net, ddp_units = ddp(model, device), trained
-        with phase("train"):
-            step, stats = train_one_epoch(net, p, optimizer, epoch=epoch, step=step,
-                                          **epoch_args)
-        check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
-        if dist.is_main:
-            best = _end_of_epoch(p, out, stats, best, history, optimizer, step, log,
-                                 device, precision, probe)
-        if dist.enabled:
-            torch.distributed.barrier()
-    if log is not None:
-        log.close()
-    if dist.is_main and stop == end:  # (a paused run is not finished)
-        with phase("test"):
-            finish(p, out, best, history, device, precision, probe, step)
-    return out
+            self.log = RunLog(self.out, to_dict(cfg), self.history)  # no rows of a cut epoch
+            self.log.open_tensorboard(purge_step=self.epoch or None)
+            print(f"fine-tuning {p.source['arch']} from {cfg.checkpoint} on {info.name} "
+                  f"({len(x_all)} train images, {info.image_size}px): {_what(p, len(loader))}"
+                  f", device {device}, {precision}, {threads} threads, world "
+                  f"{dist.world_size}", file=sys.stderr)
+        self._probe_first()
+        self.epoch_args = dict(loader=loader, x_all=x_all, y_all=y_all, scale=scale,
+                               device=device, precision=precision,
+                               show=show_progress(dist, progress),
+                               scaler=grad_scaler(device, precision))  # fp16 on CUDA only
+        self.end = p.strategy.train_epochs()
+        self.net: nn.Module = model
+        self.ddp_units: list[int] | None = None
+
+    def _probe_first(self) -> None:
+        """``lp`` / ``lp-ft``: the converged probe before any step (a resumed run has it)."""
+        p = self.p
+        if p.strategy.fits_probe and self.probe is None and self.epoch > 0:
+            raise UserError(f"cannot resume {self.out / 'last.pt'}: it was made before "
+                            f"{self.cfg.strategy} began with a converged linear probe (its head "
+                            "has trained without one); start a new run in another folder")
+        if p.strategy.fits_probe and self.probe is None:
+            self.probe, self.best = _probe_phase(p, self.out, self.best, self.history,
+                                                 self.optimizer, self.log, self.device,
+                                                 self.precision, self.dist)
+
+    def train_to(self, stop: int | None = None) -> None:
+        """Train the epochs before ``stop`` (all of them: None) that are not trained yet."""
+        p, dist, model = self.p, self.dist, self.p.model
+        for epoch in range(self.epoch, self.end if stop is None else min(stop, self.end)):
+            seed_epoch(self.cfg.seed, epoch, dist.rank)
+            self.sampler.set_epoch(epoch)
+            trained = p.strategy.trained_units(epoch)
+            set_trainable(model, trained)
+            if dist.enabled and trained != self.ddp_units:  # DDP tracks fixed parameters
+                self.net, self.ddp_units = ddp(model, self.device), trained
+            with phase("train"):
+                self.step, stats = train_one_epoch(self.net, p, self.optimizer, epoch=epoch,
+                                                   step=self.step, **self.epoch_args)
+            check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
+            if dist.is_main:
+                self.best = _end_of_epoch(p, self.out, stats, self.best, self.history,
+                                          self.optimizer, self.step, self.log, self.device,
+                                          self.precision, self.probe)
+            self.epoch = epoch + 1
+            if dist.enabled:
+                torch.distributed.barrier()
+
+    def val_curve(self) -> list[float]:
+        """Val AUC of every trained epoch so far (lp-ft's epoch-0 probe row is not one; lp has
+        only that row)."""
+        rows = [r for r in self.history if r.get("phase") != "probe"] or self.history
+        return [r["val_auc"] for r in rows]
+
+    def move_to(self, cfg: FinetuneConfig) -> None:
+        """Go on in ``cfg.out`` (the same recipe elsewhere: the race's winner becomes the run):
+        its checkpoints and log are copied there (``last.pt`` last: it marks a resumable run)
+        and written there from now on."""
+        dst = Path(cfg.out)
+        if self.log is not None:
+            self.log.close()
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ("best.pt", "metrics.jsonl", "last.pt"):
+            if (self.out / name).exists():
+                shutil.copy2(self.out / name, dst / name)
+        if (self.out / "tb").is_dir():
+            shutil.copytree(self.out / "tb", dst / "tb", dirs_exist_ok=True)
+        self.cfg = self.p.cfg = cfg
+        self.out = dst
+        if self.dist.is_main:
+            self.log = RunLog(dst, to_dict(cfg), self.history)
+            self.log.open_tensorboard(purge_step=self.epoch or None)
+
+    def close(self, test: bool = True) -> None:
+        """Close the log; with ``test`` and every epoch trained, evaluate the best model on val
+        and test and write ``metrics.json`` / ``model.pt``."""
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+        if test and self.dist.is_main and self.epoch >= self.end:
+            with phase("test"):
+                finish(self.p, self.out, self.best, self.history, self.device, self.precision,
+                        self.probe, self.step)
 
 
 def _train_inputs(p: Prepared, model: FinetuneModel, device: torch.device,
                   precision: str) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(inputs, labels, scale)`` of the train split: the raw images (scaled by their maximum
     value), or the frozen prefix's cached activations (scale 1) when the cache applies."""
-    if _use_prefix_cache(p, model, device, precision):
+    if use_prefix_cache(p, model, device, precision):
         x_all, scale = p.cache["train"], 1
     else:
         x_all, scale = image_tensor(p.splits.images["train"]), p.splits.info.max_value
