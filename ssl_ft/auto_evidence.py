@@ -7,6 +7,8 @@ choice.
 * :func:`probe_evidence`: the validation AUC of a linear probe after each probed unit (the depth
   probe of :mod:`ssl_ft.depth_probe`; Head2Toe, Evci et al., ICML 2022, on why intermediate
   features matter).
+* :func:`choose_depth`: the depth to cut a frozen model at for fusion (``ensemble --depth
+  auto``), by the same probe.
 * :func:`gradient_evidence`: per unit, the relative gradient norm ``||g|| / ||w||`` (Auto-RGN)
   and the gradient signal-to-noise ratio ``||mean g||^2 / mean ||g - mean g||^2`` (Auto-SNR) of
   the loss of the pretrained backbone with the probe's head, over a few train batches. Lee et
@@ -16,6 +18,7 @@ choice.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,12 +29,12 @@ from torch import nn
 
 from ssl_ft.data import ArraySplits
 from ssl_ft.data.subsample import subsample
-from ssl_ft.depth_probe import FeatureCache, probe_backbone
+from ssl_ft.depth_probe import FeatureCache, probe_backbone, probe_units
 from ssl_ft.features import C_GRID, fit_linear_head
 from ssl_ft.finetune.model import FinetuneModel
 from ssl_ft.models.depth import DepthMap, Unit
 
-__all__ = ["gradient_evidence", "probe_evidence", "range_statistics", "subset_train",
+__all__ = ["choose_depth", "gradient_evidence", "probe_evidence", "range_statistics", "subset_train",
            "without_test"]
 
 
@@ -125,3 +128,27 @@ def range_statistics(rows: Sequence[dict[str, Any]], indices: Sequence[int]) -> 
     noise = sum(r["noise_sq"] for r in picked)
     return {"rgn": (g / w) ** 0.5 if w > 0 else 0.0,
             "snr": g / noise if noise > 1e-30 else float("inf")}
+
+
+def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: DepthMap,
+                 source: dict[str, Any], *, candidates: Sequence[float] = (25, 50, 75, 100),
+                 limit: int | None = 2000, seed: int = 0,
+                 device: torch.device | None = None) -> tuple[float, dict[str, Any]]:
+    """The depth to cut a frozen model at for fusion (``ensemble --depth auto``): the
+    candidate whose linear probe on the pooled features has the best validation AUC (ties: the
+    shallower). Reads only the train and val splits. Returns the depth and its evidence."""
+    t0 = time.perf_counter()
+    device = device or torch.device("cpu")
+    data = subset_train(without_test(splits), limit, seed)
+    units = {float(p): probe_units(depth_map, [p])[0] for p in candidates}
+    ev = probe_evidence(backbone, data, depth_map, list({u.index: u for u in units.values()}
+                                                        .values()), source, device=device)
+    by_unit = {r["index"]: r for r in ev["units"]}
+    rows = [{"depth": p, "unit": u.name, "val_auc": by_unit[u.index]["val_auc"],
+             "C": by_unit[u.index]["C"]} for p, u in sorted(units.items())]
+    best = max(rows, key=lambda r: (r["val_auc"], -r["depth"]))
+    print(f"depth auto ({source['method'] or source['kind']}): " + ", ".join(
+        f"{r['depth']:g} % val probe AUC {r['val_auc']:.4f}" for r in rows)
+        + f" -> {best['depth']:g} %", file=sys.stderr)
+    return best["depth"], {"candidates": rows, "chosen": best["depth"],
+                           "seconds": time.perf_counter() - t0}

@@ -42,7 +42,6 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +66,7 @@ from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
 from ssl_ft.profile import profiling
 from ssl_ft.runtime import Dist, resolve_device, set_threads
 
-__all__ = ["CANDIDATES", "QUARTERS", "AutoConfig", "auto_config", "candidate_set", "choose_depth",
+__all__ = ["CANDIDATES", "QUARTERS", "AutoConfig", "auto_config", "candidate_set",
            "gather_evidence", "parse_candidate", "record_run", "resolve_auto", "shortlist"]
 
 #: Khan & Fang's quarters, the two halves' middle and end, end-to-end, and the 3/4 network
@@ -263,35 +262,46 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig, f
     shared; each run's frozen-prefix cache gets its share of ``prefix_cache_gb``) and write
     ``last.pt`` every epoch in ``folder/<name>``: a killed race resumes. Returns the winner and
     its open run."""
-    from ssl_ft.finetune.engine import Run
-
     alive, rung = list(picked), max(1, math.ceil(cfg.epochs * auto.race_rung))
     runs: dict[str, Any] = {}
     share = cfg.prefix_cache_gb / len(picked)
-    while len(alive) > 1:
-        for c in alive:
-            if c["name"] not in runs:
-                c["folder"] = str(folder / re.sub(r"[^0-9a-z.-]+", "_", c["name"]))
-                run_cfg = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
-                                              out=c["folder"], prefix_cache_gb=share)
-                shared = next(iter(runs.values())).p.splits if runs else None
-                runs[c["name"]] = Run(run_cfg, Dist(), device, resume=True, progress=False,
-                                      splits=shared)
-            runs[c["name"]].train_to(rung)
-            c["race"] = runs[c["name"]].val_curve()[:rung]
-            print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
-                  f"{max(c['race']):.4f}", file=sys.stderr)
-        alive.sort(key=lambda c: -max(c["race"]))
-        keep = max(1, len(alive) // 2)
-        for c in alive[keep:]:
-            c["stopped_at"] = rung
-            runs.pop(c["name"]).close(test=False)
-        nxt = min(cfg.epochs - 1, rung * 2)
-        # a rung that cannot grow (e.g. 2 epochs) would resume the survivors for nothing
-        alive, rung = (alive[:keep], nxt) if nxt > rung else (alive[:1], rung)
+    try:
+        while len(alive) > 1:
+            for c in alive:
+                if c["name"] not in runs:
+                    runs[c["name"]] = _open(cfg, c, folder, share, device, runs)
+                runs[c["name"]].train_to(rung)
+                c["race"] = runs[c["name"]].val_curve()[:rung]
+                print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
+                      f"{max(c['race']):.4f}", file=sys.stderr)
+            alive.sort(key=lambda c: -max(c["race"]))
+            keep = max(1, len(alive) // 2)
+            for c in alive[keep:]:
+                c["stopped_at"] = rung
+                runs.pop(c["name"]).close(test=False)
+            nxt = min(cfg.epochs - 1, rung * 2)
+            # a rung that cannot grow (e.g. 2 epochs) would resume the survivors for nothing
+            alive, rung = (alive[:keep], nxt) if nxt > rung else (alive[:1], rung)
+    except BaseException:  # (a kill, a diverged run): every log closed, last.pt on disk
+        for run in runs.values():
+            run.close(test=False)
+        raise
     for name in [n for n in runs if n != alive[0]["name"]]:
         runs.pop(name).close(test=False)
     return alive[0], runs[alive[0]["name"]]
+
+
+def _open(cfg: FinetuneConfig, c: dict[str, Any], folder: Path, share: float,
+          device: torch.device, runs: dict[str, Any]) -> Any:
+    """Candidate ``c``'s run in ``folder/<name>`` (resumed from its ``last.pt`` if a killed race
+    left one), on the data the first run loaded."""
+    from ssl_ft.finetune.engine import Run
+
+    c["folder"] = str(folder / re.sub(r"[^0-9a-z.-]+", "_", c["name"]))
+    run_cfg = dataclasses.replace(cfg, layers=c["layers"], truncate=c["truncate"],
+                                  out=c["folder"], prefix_cache_gb=share)
+    shared = next(iter(runs.values())).p.splits if runs else None
+    return Run(run_cfg, Dist(), device, resume=True, progress=False, splits=shared)
 
 
 def _prune(folder: Path, auto: AutoConfig) -> None:
@@ -382,32 +392,6 @@ def _choose(cfg: FinetuneConfig, auto: AutoConfig, race: bool = True,
     print(f"auto chose layers {best['layers']} truncate {best['truncate']:g}: {why} "
           f"({record['wall_time_s']:.0f} s)", file=sys.stderr)
     return record, run
-
-
-def choose_depth(backbone: torch.nn.Module, splits: ArraySplits, depth_map: DepthMap,
-                 source: dict[str, Any], *, candidates: Sequence[float] = (25, 50, 75, 100),
-                 limit: int | None = 2000, seed: int = 0,
-                 device: torch.device | None = None) -> tuple[float, dict[str, Any]]:
-    """The depth to cut a frozen model at for fusion (``ensemble --depth auto``): the
-    candidate whose linear probe on the pooled features has the best validation AUC (ties: the
-    shallower). Reads only the train and val splits. Returns the depth and its evidence."""
-    from ssl_ft.depth_probe import probe_units
-
-    t0 = time.perf_counter()
-    device = device or torch.device("cpu")
-    data = subset_train(without_test(splits), limit, seed)
-    units = {float(p): probe_units(depth_map, [p])[0] for p in candidates}
-    ev = probe_evidence(backbone, data, depth_map, list({u.index: u for u in units.values()}
-                                                        .values()), source, device=device)
-    by_unit = {r["index"]: r for r in ev["units"]}
-    rows = [{"depth": p, "unit": u.name, "val_auc": by_unit[u.index]["val_auc"],
-             "C": by_unit[u.index]["C"]} for p, u in sorted(units.items())]
-    best = max(rows, key=lambda r: (r["val_auc"], -r["depth"]))
-    print(f"depth auto ({source['method'] or source['kind']}): " + ", ".join(
-        f"{r['depth']:g} % val probe AUC {r['val_auc']:.4f}" for r in rows)
-        + f" -> {best['depth']:g} %", file=sys.stderr)
-    return best["depth"], {"candidates": rows, "chosen": best["depth"],
-                           "seconds": time.perf_counter() - t0}
 
 
 def record_run(out: Path, auto: dict[str, Any] | None, seconds: float,

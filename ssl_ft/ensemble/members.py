@@ -147,7 +147,7 @@ def load_members(cfg) -> list[Member]:
         dm = DepthMap.from_backbone(backbone)
         auto = None
         if depth == "auto":  # the depth whose linear probe is best on val (train/val only)
-            from ssl_ft.auto_layers import choose_depth
+            from ssl_ft.auto_evidence import choose_depth
 
             depth, auto = choose_depth(backbone, splits, dm, source, seed=cfg.seed)
         selection = dm.select(lay or "0-100", depth, allow_empty=True)
