@@ -1,6 +1,10 @@
 """docs/auto.md's table of the race rule as run: per row (data, labels, model) with all 3 seeds
 finished, auto's mean test AUC and choices, the best fixed selection in hindsight, end-to-end,
 auto's wall / CPU share of the row's 8 fixed runs, and where an auto run's wall time went.
+Then the drift of the wall clock between the folders: an auto run that raced nothing is the
+fixed run of its choice plus the probe, so its wall time less the chooser's against that fixed
+cell's (copied from another study by ``reuse:``) shows how much the same work took longer or
+shorter here than there.
 Usage: python docs/runs/auto_table.py STUDY_OUT   (auto runs of the race rule only)
 """
 
@@ -48,6 +52,18 @@ def main(out: Path) -> None:
     for key, by in rows.items():
         if len(by) == 3:
             print(_row(key, by))
+    same = [(g["auto"]["wall_time_s"] - g["auto"]["auto"]["wall_time_s"]) / g[_chosen(g)][
+        "wall_time_s"] for by in rows.values() for g in by.values()
+        if g["auto"]["auto"]["race_s"] == 0 and _chosen(g) in g]
+    if same:
+        print(f"\nthe same run's wall time here / in its fixed cell ({len(same)} auto runs "
+              f"that raced nothing): median {np.median(same):.2f}, range {min(same):.2f}-"
+              f"{max(same):.2f}")
+
+
+def _chosen(g: dict) -> str:
+    a = g["auto"]
+    return a["layers"] + (f" t{a['truncate']:g}" if a["truncate"] < 100 else "")
 
 
 if __name__ == "__main__":
