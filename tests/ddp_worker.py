@@ -50,8 +50,8 @@ def _catch(tool: str, caught: dict) -> None:
 
     real_prepare = engine.prepare
 
-    def prepare(cfg):
-        p = real_prepare(cfg)
+    def prepare(cfg, splits=None):
+        p = real_prepare(cfg, splits)
         caught["model"], caught["init"] = p.model, _state(p.model)
         return p
 

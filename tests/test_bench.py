@@ -130,6 +130,19 @@ def test_targets_where_fp32_is_the_default_and_contenders_are_missing():
     assert "fine-tuning epoch time: 75-100 cache on / 0-100" not in _by_name(targets(only))
 
 
+def test_targets_take_each_configurations_own_precision():
+    """Where fp32 is a configuration's default (bf16 did not pay there), its bf16 target is
+    that bf16 stays under 1.3x, and its ssl_ft row is the fp32 one."""
+    report = _report()
+    report["pretrain"]["simclr_28"] = {"limit fp32": _row(300), "limit bf16": _row(330),
+                                       "ssl_ft (fp32)": _row(290)}
+    report["precisions"] = {"simclr_28": "fp32", "genesis_64": "bf16"}
+    got = _by_name(targets(report))
+    assert got["simclr_28: fp32 default, limit bf16 / limit fp32"]["pass"]  # 1.1 < 1.3
+    assert got["simclr_28: ssl_ft (fp32) / limit fp32"]["value"] == pytest.approx(290 / 300)
+    assert got["genesis_64: ssl_ft (bf16) / limit bf16"]["pass"]
+
+
 def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, capsys,
                                                   monkeypatch):
     """tools/bench.py end to end with contenders of known speed (no training): every table, the
@@ -147,9 +160,9 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
         assert limit == 40 and names == ["ft 0-100 cache off", "ft 75-100 cache on"]
         return {"ft 0-100 cache off": lambda: 100.0, "ft 75-100 cache on": lambda: 250.0}
 
-    import ssl_ft.runtime
+    import ssl_ft.pretrain.engine
 
-    monkeypatch.setattr(ssl_ft.runtime, "resolve_precision", lambda *a, **k: "bf16")
+    monkeypatch.setattr(ssl_ft.pretrain.engine, "pretrain_precision", lambda *a, **k: "bf16")
     monkeypatch.setattr(B, "pretrain_contenders", fake_pretrain)
     monkeypatch.setattr(B, "finetune_epochs", fake_finetune)
     monkeypatch.setattr(B, "probe_vs_forward", lambda x, y: {"forward_s": 1.0, "probe_s": 1.1,
@@ -164,7 +177,7 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     assert calls[0] == ("limit fp32", {"steps": 1}) and len(calls) == 6 * 3  # warm-up + 2 rounds
     report = json.loads(out.read_text())
     assert report["steps"] == {"simclr_28": 3} and report["rounds"] == 2
-    prec = report["precision"]
+    prec = report["precisions"]["simclr_28"]
     assert prec == "bf16"
     row = report["pretrain"]["simclr_28"][f"ssl_ft ({prec})"]
     assert row["images_per_s"] == 285 and row["rounds"] == [285, 285] and row["peak_rss_mb"] > 0

@@ -10,7 +10,8 @@ bitwise the run that the chooser starts for that selection, made by the same cod
 * probe cut, then Auto-RGN / Auto-RGN only (no cut) / cut at the best probe (no margin): the
   rule before the race and its halves (only for runs that recorded Auto-RGN at every cut);
 * probe cut, then race of the quarters (the rule now) / the race without the cut: successive
-  halving replayed on the fixed runs' val curves, as ssl_ft.auto_layers._race runs it;
+  halving replayed on the fixed runs' val curves, as ssl_ft.auto_layers._race runs it; two
+  cheaper races (a first rung of 1/8 of the epochs; one halving straight to a single winner);
 * val oracle: the fixed selection with the best final val AUC (a full grid of compute);
 * race@k of 8: all 8 compared by best val AUC after k epochs (k = 2, 4).
 Differences are to the best fixed selection in hindsight (by test AUC) and to end-to-end, per
@@ -50,17 +51,18 @@ def _val_after(m: dict, k: int) -> float:
 QUARTERS = ["0-25", "25-50", "50-75", "75-100"]
 
 
-def race(g: dict[str, dict], among: list[str], rung: float = 0.25) -> tuple[str, float]:
+def race(g: dict[str, dict], among: list[str], rung: float = 0.25,
+         halve: bool = True) -> tuple[str, float]:
     """Successive halving as ``auto_args.race`` runs it (ssl_ft.auto_layers._race), replayed
     on the fixed runs' val curves (a raced run is bitwise the fixed run up to where it
     stops): the winner and the CPU seconds the race would cost (each run's CPU time pro rata
-    of the epochs it trains)."""
+    of the epochs it trains). ``halve=False``: the first rung decides (one winner at once)."""
     epochs = g["0-100"]["epochs"]
     alive, k, trained = list(among), max(1, math.ceil(epochs * rung)), {}
     while len(alive) > 1:
         trained.update({n: k for n in alive})
         alive.sort(key=lambda n: -_val_after(g[n], k))
-        alive, k = alive[:max(1, len(alive) // 2)], min(epochs - 1, k * 2)
+        alive, k = alive[:max(1, len(alive) // 2 if halve else 1)], min(epochs - 1, k * 2)
     trained[alive[0]] = epochs
     if any(g[n].get("cpu_time_s") is None for n in trained):
         return alive[0], None
@@ -91,6 +93,9 @@ def rules(g: dict[str, dict]) -> dict[str, tuple[str, float | None]]:
     cut75 = probe[75] - probe[100] > 0.01
     out["probe cut, then race of the quarters"] = (
         ("0-75 t75", cpu["0-75 t75"]) if cut75 else race(g, QUARTERS))
+    for name, kw in (("first rung 1/8", {"rung": 0.125}), ("one halving", {"halve": False})):
+        out[f"probe cut, then race, {name}"] = (
+            ("0-75 t75", cpu["0-75 t75"]) if cut75 else race(g, QUARTERS, **kw))
     out["race of the quarters (no cut)"] = race(g, QUARTERS)
     out["end-to-end"] = ("0-100", cpu["0-100"])
     out["val oracle"] = (max(fixed, key=lambda n: g[n]["val"]["auc"]),
