@@ -137,7 +137,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
 
     best = None
     for c in c_grid:
-        with blas_threads(1):  # ~7x faster than two BLAS threads here (runtime.blas_threads)
+        with blas_threads(1):  # 5.6x faster than two BLAS threads here (runtime.blas_threads)
             clf = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
         val = classification_metrics(y_val, padded_proba(clf, x_val, num_classes), task)
         if best is None or val["auc"] > best[2]["auc"]:

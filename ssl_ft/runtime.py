@@ -234,7 +234,7 @@ def blas_threads(threads: int) -> Any:
     """Cap the BLAS pools of NumPy and SciPy (scikit-learn's logistic fits run on them) at
     ``threads``; torch's own pool is untouched. Used as a context manager it restores the old
     caps on exit. Measured here (``benchmarks/bench_blas.py``): OpenBLAS's two threads make a
-    probe's logistic fits ~7x slower than one thread, and two such processes on two cores ~20x
+    probe's logistic fits 5.6x slower than one thread, and two such processes on two cores ~24x
     (the fits are many small matrix products, where the threads only wait on each other)."""
     from threadpoolctl import threadpool_limits
 
