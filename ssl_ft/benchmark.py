@@ -373,8 +373,7 @@ def _holds(value: float, op: str, threshold: float) -> bool:
 
 def targets(report: dict) -> list[dict]:
     """Issue #16's targets computed from a benchmark ``report`` (what ``tools/bench.py --json``
-    writes: ``precisions[config]`` (or one ``precision``),
-    ``pretrain[config][contender]["images_per_s"]``, ``finetune``,
+    writes: ``precision``, ``pretrain[config][contender]["images_per_s"]``, ``finetune``,
     ``probe_vs_forward``); one dict per target whose contenders were measured: ``target``
     (what is divided by what), ``value``, ``op``, ``threshold`` and ``pass``.
 
@@ -394,9 +393,8 @@ def targets(report: dict) -> list[dict]:
         rows.append({"target": target, "value": value, "op": op, "threshold": threshold,
                      "pass": _holds(value, op, threshold)})
 
+    precision = report["precision"]
     for config, res in report.get("pretrain", {}).items():
-        # each configuration's default precision (older reports: one for all)
-        precision = report.get("precisions", {}).get(config) or report["precision"]
         rate = {name: float(r["images_per_s"]) for name, r in res.items()}
         own = rate.get(f"ssl_ft ({precision})")
         if own is None:

@@ -130,19 +130,6 @@ def test_targets_where_fp32_is_the_default_and_contenders_are_missing():
     assert "fine-tuning epoch time: 75-100 cache on / 0-100" not in _by_name(targets(only))
 
 
-def test_targets_take_each_configurations_own_precision():
-    """Where fp32 is a configuration's default (bf16 did not pay there), its bf16 target is
-    that bf16 stays under 1.3x, and its ssl_ft row is the fp32 one."""
-    report = _report()
-    report["pretrain"]["simclr_28"] = {"limit fp32": _row(300), "limit bf16": _row(330),
-                                       "ssl_ft (fp32)": _row(290)}
-    report["precisions"] = {"simclr_28": "fp32", "genesis_64": "bf16"}
-    got = _by_name(targets(report))
-    assert got["simclr_28: fp32 default, limit bf16 / limit fp32"]["pass"]  # 1.1 < 1.3
-    assert got["simclr_28: ssl_ft (fp32) / limit fp32"]["value"] == pytest.approx(290 / 300)
-    assert got["genesis_64: ssl_ft (bf16) / limit bf16"]["pass"]
-
-
 def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, capsys,
                                                   monkeypatch):
     """tools/bench.py end to end with contenders of known speed (no training): every table, the
@@ -177,7 +164,7 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     assert calls[0] == ("limit fp32", {"steps": 1}) and len(calls) == 6 * 3  # warm-up + 2 rounds
     report = json.loads(out.read_text())
     assert report["steps"] == {"simclr_28": 3} and report["rounds"] == 2
-    prec = report["precisions"]["simclr_28"]
+    prec = report["precision"]
     assert prec == "bf16"
     row = report["pretrain"]["simclr_28"][f"ssl_ft ({prec})"]
     assert row["images_per_s"] == 285 and row["rounds"] == [285, 285] and row["peak_rss_mb"] > 0

@@ -109,11 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ssl_ft.runtime import Dist, cpu_has_bf16, set_threads
 
     threads = set_threads(args.threads, Dist())
-    cpu = torch.device("cpu")
-
-    def default_precision(size: int) -> str:  # pretraining's `auto` (the same at every size)
-        return pretrain_precision("auto", cpu)
-
+    precision = pretrain_precision("auto", torch.device("cpu"))  # pretraining's default
     channels_last = TrainConfig().channels_last  # pretraining's default memory format
     for flag in ("rounds", "finetune_rounds", "steps", "finetune_limit", "batch"):
         value = getattr(args, flag)
@@ -138,19 +134,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{', '.join(repr(n) for n in FINETUNE_CONTENDERS)}")
     ft_limit = args.finetune_limit or (300 if args.quick else 1500)
     clock = _Clock()
-    sizes = sorted({size for _, size in configs})
-    report = {"threads": threads, "precisions": {}, "channels_last": channels_last,
+    report = {"threads": threads, "precision": precision, "channels_last": channels_last,
               "cpu_bf16": cpu_has_bf16(),
               "rounds": rounds, "finetune_rounds": ft_rounds, "batch": args.batch,
               "steps": {}, "finetune_limit": ft_limit, "torch": torch.__version__,
               "pretrain": {}, "finetune": {}, "probe_vs_forward": None}
-    lines = [f"{threads} threads, pretraining default precision "
-             + ", ".join(f"{default_precision(z)} at {z} px" for z in sizes)
-             + f"{', channels_last' if channels_last else ''}, batch {args.batch}, "
+    lines = [f"{threads} threads, pretraining default precision {precision}"
+             f"{', channels_last' if channels_last else ''}, batch {args.batch}, "
              f"{rounds} round(s) after a 1-step warm-up, median images/s"]
     for method, size in configs:
         steps = args.steps or (2 if args.quick or size > 28 else 4)
-        precision = default_precision(size)
         with clock.section(f"pretrain {method}_{size}"):
             images = load_data(DATA[size], data_root=args.data_root,
                                limit=args.batch * steps).images["train"]
@@ -162,7 +155,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         lines += table(f"{method} resnet18 {size} px ({DATA[size]}), {steps} steps a call", rows,
                        f"ssl_ft ({precision})")
         report["pretrain"][f"{method}_{size}"] = rows
-        report["precisions"][f"{method}_{size}"] = precision
         report["steps"][f"{method}_{size}"] = steps
     if ft_names:
         with clock.section("finetune"), tempfile.TemporaryDirectory() as tmp:
