@@ -205,13 +205,14 @@ class Run:
 
     def move_to(self, cfg: FinetuneConfig) -> None:
         """Go on in ``cfg.out`` (the same recipe elsewhere: the race's winner becomes the run):
-        its checkpoints and log are copied there (``last.pt`` last: it marks a resumable run)
-        and written there from now on."""
+        its checkpoints and TensorBoard log are copied there (``last.pt`` last: it marks a
+        resumable run), ``metrics.jsonl`` is written there from the history, and the run goes on
+        writing there."""
         dst = Path(cfg.out)
         if self.log is not None:
             self.log.close()
         dst.mkdir(parents=True, exist_ok=True)
-        for name in ("best.pt", "metrics.jsonl", "last.pt"):
+        for name in ("best.pt", "last.pt"):
             if (self.out / name).exists():
                 shutil.copy2(self.out / name, dst / name)
         if (self.out / "tb").is_dir():
