@@ -29,6 +29,11 @@ from pathlib import Path
 import numpy as np
 
 
+def selection(m: dict) -> str:
+    """A run's selection as the candidates name it: ``25-50``, ``0-75 t75``."""
+    return m["layers"] + (f" t{m['truncate']:g}" if m["truncate"] < 100 else "")
+
+
 def _load(out: Path) -> dict[tuple, dict[str, dict]]:
     groups: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for f in (out / "cells" / "finetune").glob("*/metrics.json"):
@@ -36,8 +41,7 @@ def _load(out: Path) -> dict[tuple, dict[str, dict]]:
         if (m.get("source") or {}).get("method") is None:
             continue  # from scratch: not one of the candidates
         key = (m["data"], m["label_fraction"], m["source"]["method"], m["seed"])
-        name = "auto" if "auto" in m else m["layers"] + (
-            f" t{m['truncate']:g}" if m["truncate"] < 100 else "")
+        name = "auto" if "auto" in m else selection(m)
         groups[key][name] = m
     return groups
 
@@ -79,8 +83,7 @@ def rules(g: dict[str, dict]) -> dict[str, tuple[str, float | None]]:
     fixed = [n for n in g if n != "auto"]
     cand = {c["name"]: c for c in auto["candidates"]}
     probe = _probe(auto)
-    chosen = g["auto"]["layers"] + (f" t{g['auto']['truncate']:g}"
-                                    if g["auto"]["truncate"] < 100 else "")
+    chosen = selection(g["auto"])
     cpu = {n: g[n].get("cpu_time_s") for n in g}
     out: dict[str, tuple[str, float | None]] = {"auto": (chosen, cpu["auto"])}
     at100 = [n for n in cand if cand[n]["truncate"] == 100 and "rgn" in cand[n]]

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from auto_figure import FIXED, SHORT  # noqa: E402
-from auto_rules import _load  # noqa: E402
+from auto_rules import _load, selection  # noqa: E402
 
 
 def _row(key: tuple, by: dict[int, dict]) -> str:
@@ -26,8 +26,7 @@ def _row(key: tuple, by: dict[int, dict]) -> str:
     auto = [x["auto"]["test"]["auc"] for x in runs]
     means = {n: np.mean([x[n]["test"]["auc"] for x in runs]) for n in FIXED}
     best = max(means, key=means.get)
-    chose = Counter(x["auto"]["layers"] + (" t75" if x["auto"]["truncate"] < 100 else "")
-                    for x in runs)
+    chose = Counter(selection(x["auto"]) for x in runs)
     share = {t: sum(x["auto"][t] for x in runs) / sum(x[n][t] for x in runs for n in FIXED)
              for t in ("wall_time_s", "cpu_time_s")}
     probe = np.mean([x["auto"]["auto"]["evidence_s"] for x in runs])
@@ -52,18 +51,13 @@ def main(out: Path) -> None:
     for key, by in rows.items():
         if len(by) == 3:
             print(_row(key, by))
-    same = [(g["auto"]["wall_time_s"] - g["auto"]["auto"]["wall_time_s"]) / g[_chosen(g)][
-        "wall_time_s"] for by in rows.values() for g in by.values()
-        if g["auto"]["auto"]["race_s"] == 0 and _chosen(g) in g]
+    same = [(a["wall_time_s"] - a["auto"]["wall_time_s"]) / g[selection(a)]["wall_time_s"]
+            for by in rows.values() for g in by.values() for a in [g["auto"]]
+            if a["auto"]["race_s"] == 0 and selection(a) in g]
     if same:
         print(f"\nthe same run's wall time here / in its fixed cell ({len(same)} auto runs "
               f"that raced nothing): median {np.median(same):.2f}, range {min(same):.2f}-"
               f"{max(same):.2f}")
-
-
-def _chosen(g: dict) -> str:
-    a = g["auto"]
-    return a["layers"] + (f" t{a['truncate']:g}" if a["truncate"] < 100 else "")
 
 
 if __name__ == "__main__":
