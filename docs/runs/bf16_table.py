@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 from statistics import mean, median, stdev
 
-PROBES = ("pneu100", "pneu10", "breast100")
+PROBES = ("pneu100", "pneu10", "breast100", "ham100", "brain100")
 HEAD = ["final kNN val AUC"] + [f"{n} {s}" for n in ("PneumoniaMNIST 100 %", "10 % (3 draws)",
-                                                    "BreastMNIST") for s in ("val", "test")]
+                                                    "BreastMNIST", "HAM10000", "brain MRI")
+                                for s in ("val", "test")]
 
 
 def _auc(out: Path, name: str, split: str) -> float:
