@@ -260,8 +260,8 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig, f
     epochs, the better half (best val AUC so far) goes on to twice as many, until one is left.
     The runs stay open between rungs (:class:`~ssl_ft.finetune.engine.Run`, one data load
     shared; each run's frozen-prefix cache gets its share of ``prefix_cache_gb``) and write
-    ``last.pt`` every epoch in ``folder/<name>``: a killed race resumes. Returns the winner and
-    its open run."""
+    ``last.pt`` in ``folder/<name>`` (every ``checkpoint_every_s`` and when stopped): a killed
+    race resumes. Returns the winner and its open run."""
     alive, rung = list(picked), max(1, math.ceil(cfg.epochs * auto.race_rung))
     runs: dict[str, Any] = {}
     share = cfg.prefix_cache_gb / len(picked)

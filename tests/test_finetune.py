@@ -210,19 +210,18 @@ def test_resume_after_interrupt_matches_uninterrupted(data_root, tmp_path, tool,
 
     def argv(out):
         return _args(data_root, out, "--checkpoint", str(ckpt), "--layers", "25-100",
-                     "--epochs", "2", "--strategy", strategy)
+                     "--epochs", "2", "--strategy", strategy, "checkpoint_every_s=0")
 
     assert _run(tool, argv(tmp_path / "a")) == 0
-    real = engine._end_of_epoch
+    real = engine.save_last
 
     def killed_after_first(*args, **kwargs):
-        best = real(*args, **kwargs)
+        real(*args, **kwargs)
         raise KeyboardInterrupt  # as if the process died right after epoch 1 was saved
-        return best
 
-    monkeypatch.setattr(engine, "_end_of_epoch", killed_after_first)
+    monkeypatch.setattr(engine, "save_last", killed_after_first)
     assert _run(tool, argv(tmp_path / "b")) == 130
-    monkeypatch.setattr(engine, "_end_of_epoch", real)
+    monkeypatch.setattr(engine, "save_last", real)
     assert load_checkpoint(tmp_path / "b" / "last.pt").meta["epoch"] == 1
     assert _run(tool, [*argv(tmp_path / "b"), "--resume"]) == 0
     a = load_checkpoint(tmp_path / "a" / "last.pt")
@@ -272,7 +271,8 @@ def test_sigkill_leaves_a_resumable_run(data_root, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "k"
     cmd = [sys.executable, str(repo / "tools" / "finetune.py"), "--checkpoint", "none",
-           "--arch", "resnet18", *_args(data_root, out, "--epochs", "6", "--layers", "75-100")]
+           "--arch", "resnet18", *_args(data_root, out, "--epochs", "6", "--layers", "75-100",
+                                        "checkpoint_every_s=0")]
     proc = subprocess.Popen(cmd, cwd=repo, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:

@@ -39,7 +39,8 @@ def _cfg(data_root, ckpt, out, strategy) -> FinetuneConfig:
     return FinetuneConfig(checkpoint=str(ckpt), data="pneumoniamnist", data_root=str(data_root),
                           limit=48, batch_size=16, epochs=3, layers="50-100", strategy=strategy,
                           strategy_args=ARGS.get(strategy, {}), optimizer="sgd", lr=0.05,
-                          seed=1, out=str(out), threads=1, device="cpu")
+                          seed=1, out=str(out), threads=1, device="cpu",
+                          checkpoint_every_s=0)  # last.pt every epoch: a kill after each
 
 
 def _untimed(row: dict | None) -> dict | None:

@@ -58,6 +58,7 @@ class FinetuneConfig:
     # bookkeeping
     seed: int = 0
     out: str = "runs/finetune"
+    checkpoint_every_s: float = 30.0  # write last.pt/best.pt at most this often (0: each epoch)
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads: int | None = None
@@ -74,3 +75,5 @@ class FinetuneConfig:
             raise ValueError(f"truncate must be a percentage or 'auto', got {self.truncate!r}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
             raise ValueError("warmup_epochs and weight_decay must be >= 0")
+        if not self.checkpoint_every_s >= 0:
+            raise ValueError(f"checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")

@@ -7,8 +7,9 @@ The run folder (``out``) holds
   for ``lp`` and ``lp-ft`` also ``probe``: the linear probe fitted before any step (``C``,
   ``n_features``, seconds; :func:`_probe_phase`);
 * ``model.pt``: that model (truncated backbone + head), see :func:`~ssl_ft.finetune.load_finetuned`;
-* ``last.pt``: model, optimiser and strategy state after the last finished epoch (``--resume``),
-  ``best.pt``: the best model so far; both written atomically;
+* ``last.pt``: model, optimiser and strategy state after a finished epoch (``--resume``),
+  ``best.pt``: the best model up to it; both written atomically, together, every
+  ``checkpoint_every_s`` seconds and when the run ends or pauses (:class:`Cadence`);
 * ``recipe.yaml``, ``metrics.jsonl`` (one line an epoch) and ``tb/`` (TensorBoard).
 
 Randomness is re-seeded from ``(seed, epoch)`` every epoch, so a resumed run repeats the batches
@@ -34,7 +35,7 @@ from ssl_ft.errors import UserError
 from ssl_ft.features import fit_linear_head
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import FinetuneModel, save_finetuned
-from ssl_ft.finetune.outputs import evaluate, finish, run_meta, save_last
+from ssl_ft.finetune.outputs import Cadence, evaluate, finish, run_meta, save_last
 from ssl_ft.finetune.prepare import Prepared, prepare, use_prefix_cache
 from ssl_ft.finetune.steps import augment_batch, make_measurer, set_trainable, train_mode
 from ssl_ft.finetune.strategies import Strategy, get_strategy
@@ -73,7 +74,7 @@ __all__ = ["Prepared", "Run", "evaluate", "finetune", "load_finetune_recipe", "p
 
 # recipe keys that may change when a run is resumed
 _RESUMABLE = {"out", "device", "threads", "precision", "data_root", "download", "prefix_cache",
-              "prefix_cache_gb"}
+              "prefix_cache_gb", "checkpoint_every_s"}
 
 
 def load_finetune_recipe(path: str | None, overrides: list[str] = ()) -> FinetuneConfig:
@@ -118,8 +119,9 @@ def _check_resumable(old: dict[str, Any], cfg: FinetuneConfig, path: Path) -> No
 class Run:
     """One fine-tuning run between its epochs. Creating it sets the run up (data, model, the
     frozen prefix's cache, the state of ``last.pt`` when resuming, the log and, for ``lp`` /
-    ``lp-ft``, the probe); :meth:`train_to` trains up to an epoch (each one validated and
-    written to ``last.pt``: a kill loses at most the epoch under way); :meth:`close` ends it,
+    ``lp-ft``, the probe); :meth:`train_to` trains up to an epoch (each one validated; written
+    to ``last.pt`` every ``checkpoint_every_s`` seconds: a kill loses at most that much training
+    and the epoch under way); :meth:`close` ends it (writing what is not written yet),
     with the test evaluation and ``metrics.json`` once every epoch is done. The race of
     ``layers: auto`` keeps its candidates open between rungs and hands the winner on
     (:meth:`move_to`), so that no run of the race is set up twice. ``splits``: data already
@@ -146,7 +148,7 @@ class Run:
                                             seed=cfg.seed, device=device)
         (self.epoch, self.step, self.history, self.best,
          self.probe) = _resume(p, self.optimizer, self.out / "last.pt", resume, device)
-        self.log = None
+        self.log, self.cadence = None, Cadence(cfg.checkpoint_every_s)
         if dist.is_main:
             self.log = RunLog(self.out, to_dict(cfg), self.history)  # no rows of a cut epoch
             self.log.open_tensorboard(purge_step=self.epoch or None)
@@ -183,6 +185,7 @@ class Run:
             self.sampler.set_epoch(epoch)
             trained = p.strategy.trained_units(epoch)
             set_trainable(model, trained)
+            self.cadence.begin_epoch()
             if dist.enabled and trained != self.ddp_units:  # DDP tracks fixed parameters
                 self.net, self.ddp_units = ddp(model, self.device), trained
             with phase("train"):
@@ -190,12 +193,21 @@ class Run:
                                                    step=self.step, **self.epoch_args)
             check_state(model, f"the end of epoch {epoch + 1}")  # before anything is written
             if dist.is_main:
-                self.best = _end_of_epoch(p, self.out, stats, self.best, self.history,
-                                          self.optimizer, self.step, self.log, self.device,
-                                          self.precision, self.probe)
+                self.best = _end_of_epoch(p, stats, self.best, self.history, self.log,
+                                          self.device, self.precision, self.cadence)
             self.epoch = epoch + 1
+            if dist.is_main and self.cadence.due():
+                self.write()
             if dist.enabled:
                 torch.distributed.barrier()
+
+    def write(self) -> None:
+        """Write ``best.pt`` (if a better model came) and ``last.pt`` of the epoch just trained."""
+        with phase("checkpoint"):
+            self.cadence.write_best(self.out)
+            save_last(self.p, self.out, self.epoch, self.optimizer, self.step, self.best,
+                      self.history, self.probe)
+        self.cadence.written()
 
     def val_curve(self) -> list[float]:
         """Val AUC of every trained epoch so far (lp-ft's epoch-0 probe row is not one; lp has
@@ -211,6 +223,8 @@ class Run:
         dst = Path(cfg.out)
         if self.log is not None:
             self.log.close()
+        if self.dist.is_main and self.cadence.dirty:
+            self.write()
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("best.pt", "last.pt"):
             if (self.out / name).exists():
@@ -226,6 +240,8 @@ class Run:
     def close(self, test: bool = True) -> None:
         """Close the log; with ``test`` and every epoch trained, evaluate the best model on val
         and test and write ``metrics.json`` / ``model.pt``."""
+        if self.dist.is_main and self.cadence.dirty:
+            self.write()
         if self.log is not None:
             self.log.close()
             self.log = None
@@ -313,11 +329,10 @@ def _resume(p: Prepared, optimizer: torch.optim.Optimizer, last: Path, resume: b
             ckpt.extra.get("probe"))
 
 
-def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str, Any],
-                  history: list[dict], optimizer: torch.optim.Optimizer, step: int,
-                  log: RunLog, device: torch.device, precision: str,
-                  probe: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate, keep the best model (best.pt), log, and write last.pt; returns the new best."""
+def _end_of_epoch(p: Prepared, stats: dict[str, Any], best: dict[str, Any],
+                  history: list[dict], log: RunLog, device: torch.device, precision: str,
+                  cadence: Cadence) -> dict[str, Any]:
+    """Validate, keep the best model (for best.pt) and log; returns the new best."""
     model, epoch = p.model, stats["epoch"]
     with phase("validate"):
         val = evaluate(model, p.splits, "val", device, precision, p.cache.get("val"))
@@ -325,14 +340,11 @@ def _end_of_epoch(p: Prepared, out: Path, stats: dict[str, Any], best: dict[str,
     score = val_score(val)
     if score > best["auc"]:
         best = {"auc": score, "epoch": epoch}
-        with phase("checkpoint"):
-            save_finetuned(out / "best.pt", model, run_meta(p, epoch))
+        cadence.keep_best(model, run_meta(p, epoch))
     history.append(stats)
     chance = chance_loss(p.splits.info.num_classes)
     warn_if_diverging(history, "train_loss", chance, f"the chance-level loss {chance:.4g}")
     log.epoch(stats, p.cfg.epochs)
-    with phase("checkpoint"):
-        save_last(p, out, epoch, optimizer, step, best, history, probe)
     return best
 
 

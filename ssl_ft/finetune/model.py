@@ -26,8 +26,8 @@ from ssl_ft.features import per_channel
 from ssl_ft.finite import check_tensor
 from ssl_ft.models import DepthBackbone, SplittableBackbone, create_backbone
 
-__all__ = ["FinetuneModel", "build_backbone", "load_finetuned", "predict_proba", "save_finetuned",
-           "unit_modules"]
+__all__ = ["FinetuneModel", "build_backbone", "finetuned_meta", "load_finetuned", "predict_proba",
+           "save_finetuned", "unit_modules"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -138,11 +138,15 @@ def _normalization(how: str, kind: str, meta: dict | None,
 
 def save_finetuned(path: str | os.PathLike, model: FinetuneModel, meta: dict[str, Any]) -> Path:
     """Write the fine-tuned model (truncated backbone, head, normalisation) atomically."""
-    meta = {**meta, "num_units": len(model.backbone.units),
+    return save_checkpoint(path, model.backbone.state_dict(), finetuned_meta(model, meta),
+                           extra={"head": model.head.state_dict()})
+
+
+def finetuned_meta(model: FinetuneModel, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with what :func:`load_finetuned` rebuilds ``model`` from (units, normalisation)."""
+    return {**meta, "num_units": len(model.backbone.units),
             "normalization": {**meta["normalization"], "mean": model.mean.flatten().tolist(),
                               "std": model.std.flatten().tolist()}}
-    return save_checkpoint(path, model.backbone.state_dict(), meta,
-                           extra={"head": model.head.state_dict()})
 
 
 def load_finetuned(path: str | os.PathLike, map_location: Any = "cpu") -> FinetuneModel:

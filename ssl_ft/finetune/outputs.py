@@ -5,6 +5,7 @@ folder)."""
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,13 @@ import torch
 from ssl_ft.checkpoint import save_checkpoint, write_json
 from ssl_ft.config import to_dict
 from ssl_ft.data import ArraySplits
-from ssl_ft.finetune.model import FinetuneModel, load_finetuned, predict_proba, save_finetuned
+from ssl_ft.finetune.model import (
+    FinetuneModel,
+    finetuned_meta,
+    load_finetuned,
+    predict_proba,
+    save_finetuned,
+)
 from ssl_ft.metrics import classification_metrics
 from ssl_ft.runtime import autocast
 from ssl_ft.scaffold import encode_history
@@ -21,7 +28,7 @@ from ssl_ft.scaffold import encode_history
 if TYPE_CHECKING:
     from ssl_ft.finetune.engine import Prepared
 
-__all__ = ["evaluate", "finish", "run_meta", "save_last"]
+__all__ = ["Cadence", "evaluate", "finish", "run_meta", "save_last"]
 
 
 def evaluate(model: FinetuneModel, splits: ArraySplits, split: str, device: torch.device,
@@ -48,6 +55,52 @@ def run_meta(p: Prepared, epoch: int) -> dict[str, Any]:
         "epoch": epoch, "label_names": list(info.label_names), "task": info.task,
         "layers": p.selection.layers_str, "truncate": float(p.selection.truncate),
     }
+
+
+_clock = time.perf_counter  # (a test's fake clock replaces it)
+
+
+class Cadence:
+    """When a run writes ``best.pt`` and ``last.pt``: together, once ``every_s`` seconds have
+    passed since the last write (0: after every epoch), and when the run ends or pauses
+    (:meth:`ssl_ft.finetune.engine.Run.close`, :meth:`~ssl_ft.finetune.engine.Run.move_to`).
+    Between writes the best model is kept in memory (a CPU copy of its tensors), so a kill loses
+    at most ``every_s`` seconds of training and the files on disk always belong together: a
+    resumed run retrains the epochs after ``last.pt`` and, being deterministic, finds the same
+    best model again. At 1 % of the labels an epoch trains a few dozen images while ``last.pt``
+    (Adam's state included) is ~135 MB for a resnet18: writing it every epoch cost more than the
+    training (docs/performance.md, "Studies")."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self.best: tuple[dict, dict, dict] | None = None  # (backbone, meta, extra) not written
+        self.dirty = False       # the state in memory is a finished epoch's, not yet written
+        self.since = _clock()
+
+    def keep_best(self, model: FinetuneModel, meta: dict[str, Any]) -> None:
+        """Hold the new best model until the next write."""
+        cpu = {"device": "cpu", "copy": True}
+        self.best = ({k: v.detach().to(**cpu) for k, v in model.backbone.state_dict().items()},
+                     finetuned_meta(model, meta),
+                     {"head": {k: v.detach().to(**cpu) for k, v in model.head.state_dict().items()}})
+
+    def begin_epoch(self) -> None:
+        """Training goes on: the state in memory is no longer that of a finished epoch."""
+        self.dirty = False
+
+    def due(self) -> bool:
+        """Whether the epoch that just finished is to be written now."""
+        self.dirty = True
+        return _clock() - self.since >= self.every_s
+
+    def write_best(self, out: Path) -> None:
+        """``best.pt``, if a better model came since the last write (before ``last.pt``)."""
+        if self.best is not None:
+            save_checkpoint(out / "best.pt", *self.best[:2], extra=self.best[2])
+            self.best = None
+
+    def written(self) -> None:
+        self.dirty, self.since = False, _clock()
 
 
 def save_last(p: Prepared, out: Path, epoch: int, optimizer: torch.optim.Optimizer, step: int,
