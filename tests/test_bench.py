@@ -143,7 +143,7 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
         return {n: (lambda n=n, **kw: calls.append((n, kw)) or rates[n]["images_per_s"])
                 for n in rates}
 
-    def fake_finetune(data, data_root, out, *, limit, threads, names):
+    def fake_finetune(data, data_root, out, *, epochs, limit, threads, names):
         assert limit == 40 and names == ["ft 0-100 cache off", "ft 75-100 cache on"]
         return {"ft 0-100 cache off": lambda: 100.0, "ft 75-100 cache on": lambda: 250.0}
 
@@ -158,10 +158,17 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     out = tmp_path / "bench.json"
     argv = ["--configs", "simclr:28", "--batch", "16", "--steps", "3", "--rounds", "2",
             "--finetune-limit", "40", "--finetune", "ft 0-100 cache off", "ft 75-100 cache on",
-            "--threads", "1", "--data-root", str(data_root), "--json", str(out)]
+            "--threads", "1", "--data-root", str(data_root), "--json", str(out),
+            "--profile", str(tmp_path / "prof")]
     assert mod.run(mod.main, argv) == 0
     text = capsys.readouterr().out
-    assert calls[0] == ("limit fp32", {"steps": 1}) and len(calls) == 6 * 3  # warm-up + 2 rounds
+    # a warm-up, 2 rounds, then one profiled call each
+    assert calls[0] == ("limit fp32", {"steps": 1}) and len(calls) == 6 * 4
+    assert calls[-6:] == [(n, {}) for n in rates]
+    prof = (tmp_path / "prof" / "profile.md").read_text()
+    assert "## pretrain simclr_28" in prof and "## finetune" in prof
+    assert "`ssl_ft (bf16)` against `limit bf16`" in prof
+    assert (tmp_path / "prof" / "pretrain_simclr_28" / "limit_fp32.txt").is_file()
     report = json.loads(out.read_text())
     assert report["steps"] == {"simclr_28": 3} and report["rounds"] == 2
     prec = report["precision"]

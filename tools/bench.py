@@ -89,10 +89,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                    help="timed fine-tuning runs per contender (default: --rounds)")
     p.add_argument("--finetune", nargs="*", metavar="CONTENDER", default=None,
                    help="fine-tuning contenders by name (default all; none: no fine-tuning)")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="also run every contender once under torch.profiler and write what "
+                        "bounds it to DIR/profile.md (ssl_ft/bench_profile.py)")
     args = p.parse_args(argv)
 
     import torch
 
+    from ssl_ft.bench_profile import profiled
     from ssl_ft.benchmark import (
         FINETUNE_CONTENDERS,
         alternate,
@@ -142,15 +146,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines = [f"{threads} threads, pretraining default precision {precision}"
              f"{', channels_last' if channels_last else ''}, batch {args.batch}, "
              f"{rounds} round(s) after a 1-step warm-up, median images/s"]
+    profiles: dict = {}
     for method, size in configs:
         steps = args.steps or (2 if args.quick or size > 28 else 4)
         with clock.section(f"pretrain {method}_{size}"):
             images = load_data(DATA[size], data_root=args.data_root,
                                limit=args.batch * steps).images["train"]
-            res = alternate(pretrain_contenders(method, images, batch=args.batch, steps=steps,
-                                                precision=precision,
-                                                channels_last=channels_last), rounds,
-                            warmup_args={"steps": 1})
+            contenders = pretrain_contenders(method, images, batch=args.batch, steps=steps,
+                                             precision=precision, channels_last=channels_last)
+            res = alternate(contenders, rounds, warmup_args={"steps": 1})
+            if args.profile:
+                profiles[f"pretrain {method}_{size}"] = profiled(contenders, args.batch * steps)
         rows = {k: r.as_dict() for k, r in res.items()}
         lines += table(f"{method} resnet18 {size} px ({DATA[size]}), {steps} steps a call", rows,
                        f"ssl_ft ({precision})")
@@ -159,9 +165,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if ft_names:
         with clock.section("finetune"), tempfile.TemporaryDirectory() as tmp:
             # each run is timed on its last epoch (its first warms up): no warm-up call
-            res = alternate(finetune_epochs("pneumoniamnist", args.data_root, tmp,
-                                            limit=ft_limit, threads=threads, names=ft_names),
-                            ft_rounds, warmup=False)
+            contenders = finetune_epochs("pneumoniamnist", args.data_root, tmp, epochs=2,
+                                         limit=ft_limit, threads=threads, names=ft_names)
+            res = alternate(contenders, ft_rounds, warmup=False)
+            if args.profile:  # a call is a whole run: 2 epochs of at most ft_limit images
+                profiles["finetune"] = profiled(contenders, 2 * ft_limit)
         report["finetune"] = {k: r.as_dict() for k, r in res.items()}
         lines += table(f"fine-tuning resnet18 28 px (pneumoniamnist, at most {ft_limit} images "
                        "a split), last-epoch images/s",
@@ -177,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     report["seconds"] = clock.seconds
     lines += targets_table(report["targets"])
     print("\n".join(lines))
+    if args.profile:
+        from ssl_ft.bench_profile import write
+
+        print(f"wrote {write(profiles, precision, Path(args.profile))}", file=sys.stderr)
     if args.json:
         from ssl_ft.checkpoint import write_json
 
