@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 import re
 import sys
@@ -61,6 +60,7 @@ from ssl_ft.data import ArraySplits, load_data
 from ssl_ft.errors import UserError
 from ssl_ft.finetune.config import FinetuneConfig
 from ssl_ft.finetune.model import build_backbone
+from ssl_ft.halving import successive_halving
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, parse_layers, parse_percent
 from ssl_ft.profile import profiling
@@ -262,33 +262,32 @@ def _race(cfg: FinetuneConfig, picked: list[dict[str, Any]], auto: AutoConfig, f
     shared; each run's frozen-prefix cache gets its share of ``prefix_cache_gb``) and write
     ``last.pt`` in ``folder/<name>`` (every ``checkpoint_every_s`` and when stopped): a killed
     race resumes. Returns the winner and its open run."""
-    alive, rung = list(picked), max(1, math.ceil(cfg.epochs * auto.race_rung))
+    by_name = {c["name"]: c for c in picked}
     runs: dict[str, Any] = {}
     share = cfg.prefix_cache_gb / len(picked)
+
+    def score(name: str, rung: int) -> float:
+        c = by_name[name]
+        if name not in runs:
+            runs[name] = _open(cfg, c, folder, share, device, runs)
+        runs[name].train_to(rung)
+        c["race"] = runs[name].val_curve()[:rung]
+        print(f"auto race: {name} after {rung} epoch(s): best val AUC {max(c['race']):.4f}",
+              file=sys.stderr)
+        return max(c["race"])
+
+    def stop(name: str, rung: int) -> None:
+        by_name[name]["stopped_at"] = rung
+        runs.pop(name).close(test=False)
+
     try:
-        while len(alive) > 1:
-            for c in alive:
-                if c["name"] not in runs:
-                    runs[c["name"]] = _open(cfg, c, folder, share, device, runs)
-                runs[c["name"]].train_to(rung)
-                c["race"] = runs[c["name"]].val_curve()[:rung]
-                print(f"auto race: {c['name']} after {rung} epoch(s): best val AUC "
-                      f"{max(c['race']):.4f}", file=sys.stderr)
-            alive.sort(key=lambda c: -max(c["race"]))
-            keep = max(1, len(alive) // 2)
-            for c in alive[keep:]:
-                c["stopped_at"] = rung
-                runs.pop(c["name"]).close(test=False)
-            nxt = min(cfg.epochs - 1, rung * 2)
-            # a rung that cannot grow (e.g. 2 epochs) would resume the survivors for nothing
-            alive, rung = (alive[:keep], nxt) if nxt > rung else (alive[:1], rung)
+        winner, _ = successive_halving(list(by_name), cfg.epochs, auto.race_rung, score,
+                                       on_stop=stop)
     except BaseException:  # (a kill, a diverged run): every log closed, last.pt on disk
         for run in runs.values():
             run.close(test=False)
         raise
-    for name in [n for n in runs if n != alive[0]["name"]]:
-        runs.pop(name).close(test=False)
-    return alive[0], runs[alive[0]["name"]]
+    return by_name[winner], runs[winner]
 
 
 def _open(cfg: FinetuneConfig, c: dict[str, Any], folder: Path, share: float,

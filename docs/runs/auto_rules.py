@@ -21,12 +21,13 @@ case and per row (the mean over the seeds, as issue 15's table), with each rule'
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from ssl_ft.halving import successive_halving
 
 
 def selection(m: dict) -> str:
@@ -62,15 +63,12 @@ def race(g: dict[str, dict], among: list[str], rung: float = 0.25,
     stops): the winner and the CPU seconds the race would cost (each run's CPU time pro rata
     of the epochs it trains). ``halve=False``: the first rung decides (one winner at once)."""
     epochs = g["0-100"]["epochs"]
-    alive, k, trained = list(among), max(1, math.ceil(epochs * rung)), {}
-    while len(alive) > 1:
-        trained.update({n: k for n in alive})
-        alive.sort(key=lambda n: -_val_after(g[n], k))
-        alive, k = alive[:max(1, len(alive) // 2 if halve else 1)], min(epochs - 1, k * 2)
-    trained[alive[0]] = epochs
+    winner, stopped = successive_halving(among, epochs, rung, lambda n, k: _val_after(g[n], k),
+                                         halve=halve)
+    trained = {**stopped, winner: epochs}
     if any(g[n].get("cpu_time_s") is None for n in trained):
-        return alive[0], None
-    return alive[0], sum(g[n]["cpu_time_s"] * e / epochs for n, e in trained.items())
+        return winner, None
+    return winner, sum(g[n]["cpu_time_s"] * e / epochs for n, e in trained.items())
 
 
 def _probe(auto: dict) -> dict[float, float]:
