@@ -209,12 +209,17 @@ def choose_cut(candidates: list[dict[str, Any]], auto: AutoConfig) -> float:
     """The deepest candidate cut, unless a shallower one's val probe AUC is more than
     ``cut_margin`` higher (the last units then lose what the task needs: Head2Toe's case for
     intermediate features). Without probe evidence (a single cut): that cut."""
-    probe = {c["truncate"]: c.get("probe_val_auc") for c in candidates}
+    probe = cut_probes(candidates)
     deepest = max(probe)
     if probe[deepest] is None:
         return deepest
     top = max(probe, key=lambda t: (probe[t], -t))
     return top if probe[top] - probe[deepest] > auto.cut_margin else deepest
+
+
+def cut_probes(candidates: list[dict[str, Any]]) -> dict[float, float | None]:
+    """The val probe AUC at each candidate cut (None: not probed)."""
+    return {c["truncate"]: c.get("probe_val_auc") for c in candidates}
 
 
 def race_set(at_cut: list[dict[str, Any]], auto: AutoConfig) -> list[dict[str, Any]]:
@@ -235,7 +240,7 @@ def shortlist(candidates: list[dict[str, Any]], auto: AutoConfig) -> tuple[list[
     first ``1 + race`` of them. ``race_widest`` adds the one that trains most units."""
     cut = choose_cut(candidates, auto)
     at_cut = [c for c in candidates if c["truncate"] == cut]
-    probe = {c["truncate"]: c.get("probe_val_auc") for c in candidates}
+    probe = cut_probes(candidates)
     why = f"cut {cut:g}"
     if len(probe) > 1:
         why += (" (val probe AUC " + ", ".join(f"{t:g}: {a:.4f}" for t, a in sorted(
