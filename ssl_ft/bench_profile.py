@@ -18,8 +18,9 @@ outside operators. The profiler slows small operators down: read the shares, not
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,22 +82,24 @@ def _summary(name: str, p: Profile) -> list[str]:
     return [*lines, ""]
 
 
-def comparisons(precision: str) -> list[tuple[str, str]]:
-    """The pairs ``(contender, baseline)`` whose gap :func:`report_lines` tabulates where a
-    section has both: ssl_ft against the limit at its precision; fine-tuning's cached
-    ``75-100`` in bf16 against fp32, and cached against uncached."""
-    return [(f"ssl_ft ({precision})", f"limit {precision}"),
+def comparisons(names: Iterable[str]) -> list[tuple[str, str]]:
+    """The pairs ``(contender, baseline)`` among a section's ``names`` whose gap
+    :func:`report_lines` tabulates where the section has both: ssl_ft against the limit at its
+    precision (the ``ssl_ft (<precision>)`` row); fine-tuning's cached ``75-100`` in bf16
+    against fp32, and cached against uncached."""
+    own = [m.group(1) for m in map(re.compile(r"ssl_ft \((\w+)\)").fullmatch, names) if m]
+    return [*((f"ssl_ft ({p})", f"limit {p}") for p in own[:1]),
             ("ft 75-100 cache on bf16", "ft 75-100 cache on"),
             ("ft 75-100 cache on", "ft 75-100 cache off")]
 
 
-def report_lines(sections: Mapping[str, Mapping[str, Profile]], precision: str) -> list[str]:
+def report_lines(sections: Mapping[str, Mapping[str, Profile]]) -> list[str]:
     """``profile.md``: per section the gaps of :func:`comparisons`, then every contender's
     summary."""
     lines = ["# Where the benchmark's time goes (torch.profiler, one call per contender)", ""]
     for section, profiles in sections.items():
         lines += [f"## {section}", ""]
-        for a, b in comparisons(precision):
+        for a, b in comparisons(profiles):
             if a in profiles and b in profiles:
                 lines += [f"`{a}` against `{b}`, milliseconds an image more (negative: less):",
                           "", "| where | ms / image |", "|---|---|"]
@@ -108,7 +111,7 @@ def report_lines(sections: Mapping[str, Mapping[str, Profile]], precision: str) 
     return lines
 
 
-def write(sections: Mapping[str, Mapping[str, Profile]], precision: str, folder: Path) -> Path:
+def write(sections: Mapping[str, Mapping[str, Profile]], folder: Path) -> Path:
     """The per-contender tables and ``profile.md`` under ``folder``; returns profile.md."""
     for section, profiles in sections.items():
         sub = folder / section.replace(" ", "_")
@@ -117,7 +120,7 @@ def write(sections: Mapping[str, Mapping[str, Profile]], precision: str, folder:
             safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
             (sub / f"{safe}.txt").write_text(p.table)
     path = folder / "profile.md"
-    path.write_text("\n".join(report_lines(sections, precision)) + "\n")
+    path.write_text("\n".join(report_lines(sections)) + "\n")
     return path
 
 

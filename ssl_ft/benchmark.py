@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import statistics
 import threading
 import time
@@ -43,8 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FINETUNE_CONTENDERS", "TARGETS", "RssSampler", "Result", "alternate", "finetune_epochs",
-           "pretrain_contenders", "probe_vs_forward", "targets"]
+__all__ = ["FINETUNE_CONTENDERS", "TARGETS", "RssSampler", "Result", "alternate", "bench_method",
+           "finetune_epochs", "pretrain_contenders", "probe_vs_forward", "targets"]
 
 
 def _rss_bytes() -> int:
@@ -124,7 +125,8 @@ class _Views(torch.nn.Module):
         return v
 
 
-def _method(name: str, images: np.ndarray, size: int, stem: str = "standard"):
+def bench_method(name: str, images: np.ndarray, size: int, stem: str = "standard"):
+    """The benchmark's resnet18 ``name`` method for ``images`` at ``size`` (seeded)."""
     from ssl_ft.augment import BatchAugment
     from ssl_ft.methods import get_method
     from ssl_ft.models import create_backbone
@@ -177,7 +179,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     from ssl_ft.pretrain.engine import train_one_epoch
 
     size = images.shape[-1]
-    method = _method(method_name, images, size, stem)
+    method = bench_method(method_name, images, size, stem)
     if channels_last:  # as the engine does for train.channels_last: the whole method
         method.to(memory_format=torch.channels_last)
     opt = _sgd(method)
@@ -209,7 +211,7 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
         return run
 
     out[f"ssl_ft ({precision})"] = ssl_ft(method, opt)
-    other = _method(method_name, images, size, stem)
+    other = bench_method(method_name, images, size, stem)
     if not channels_last:
         other.to(memory_format=torch.channels_last)
     other_opt = _sgd(other)
@@ -373,13 +375,14 @@ def _holds(value: float, op: str, threshold: float) -> bool:
 
 def targets(report: dict) -> list[dict]:
     """Issue #16's targets computed from a benchmark ``report`` (what ``tools/bench.py --json``
-    writes: ``precision``, ``pretrain[config][contender]["images_per_s"]``, ``finetune``,
+    writes: ``pretrain[config][contender]["images_per_s"]`` with the row ``ssl_ft
+    (<precision>)`` at the precision pretraining chose there, ``finetune``,
     ``probe_vs_forward``); one dict per target whose contenders were measured: ``target``
     (what is divided by what), ``value``, ``op``, ``threshold`` and ``pass``.
 
     * per pretraining configuration: ssl_ft / the limit at ssl_ft's precision >= 0.90; ssl_ft /
-      the fastest lightly loop >= 1.3 (contrastive methods only); where bf16 is the default,
-      limit bf16 / limit fp32 >= 1.3 (where fp32 is, < 1.3: bf16 would not have paid);
+      the fastest lightly loop >= 1.3 (contrastive methods only); where bf16 was chosen,
+      limit bf16 / limit fp32 >= 1.3 (where fp32 was, < 1.3: bf16 would not have paid);
     * fine-tuning: the cached ``75-100`` epoch <= 0.35 x the ``0-100`` epoch (epoch time, the
       inverse of images/s over the same train images);
     * a 100-epoch probe on cached features <= 1.5 x one forward pass over the same images.
@@ -393,12 +396,13 @@ def targets(report: dict) -> list[dict]:
         rows.append({"target": target, "value": value, "op": op, "threshold": threshold,
                      "pass": _holds(value, op, threshold)})
 
-    precision = report["precision"]
     for config, res in report.get("pretrain", {}).items():
         rate = {name: float(r["images_per_s"]) for name, r in res.items()}
-        own = rate.get(f"ssl_ft ({precision})")
-        if own is None:
+        mine = [m.group(1) for m in map(re.compile(r"ssl_ft \((\w+)\)").fullmatch, rate) if m]
+        if not mine:
             continue
+        precision = mine[0]  # what pretraining's `auto` chose for this configuration
+        own = rate[f"ssl_ft ({precision})"]
         if f"limit {precision}" in rate:
             add(f"{config}: ssl_ft ({precision}) / limit {precision}",
                 own / rate[f"limit {precision}"], "limit")
@@ -407,7 +411,7 @@ def targets(report: dict) -> list[dict]:
             add(f"{config}: ssl_ft ({precision}) / fastest lightly loop", own / max(lightly),
                 "lightly")
         if "limit fp32" in rate and "limit bf16" in rate:
-            add(f"{config}: {precision} default, limit bf16 / limit fp32",
+            add(f"{config}: {precision} chosen, limit bf16 / limit fp32",
                 rate["limit bf16"] / rate["limit fp32"], "bf16",
                 None if precision == "bf16" else "<")
     ft = {name: float(r["images_per_s"]) for name, r in report.get("finetune", {}).items()}

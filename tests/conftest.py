@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ REPO = Path(__file__).resolve().parent.parent
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one of `-n N`'s test processes: one thread each,
     os.environ["OMP_NUM_THREADS"] = "1"  # also in the tools it starts, so that N processes
     torch.set_num_threads(1)  # never fight over N cores (docs/performance.md: 10-20x slower)
+
+
+# the tests' own cache (fusion features, pretraining's measured precision choices), never the
+# user's ~/.cache/ssl_ft; tests that need a particular folder still set their own
+os.environ.setdefault("SSL_FT_CACHE", tempfile.mkdtemp(prefix="ssl_ft_tests_cache_"))
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:  # noqa: ARG001 (the hook's)

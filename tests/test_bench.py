@@ -48,7 +48,6 @@ def _row(rate: float) -> dict:
 def _report(**change) -> dict:
     """A report whose every target passes, by constructed images/s."""
     report = {
-        "precision": "bf16",
         "pretrain": {
             "simclr_28": {"limit fp32": _row(200), "limit bf16": _row(300),  # bf16 1.5x
                           "ssl_ft (bf16)": _row(285),  # 0.95x the limit
@@ -80,9 +79,9 @@ def test_targets_on_constructed_timings_pass():
     assert list(rows) == [
         "simclr_28: ssl_ft (bf16) / limit bf16",
         "simclr_28: ssl_ft (bf16) / fastest lightly loop",
-        "simclr_28: bf16 default, limit bf16 / limit fp32",
+        "simclr_28: bf16 chosen, limit bf16 / limit fp32",
         "genesis_64: ssl_ft (bf16) / limit bf16",  # no lightly row for a restorative method
-        "genesis_64: bf16 default, limit bf16 / limit fp32",
+        "genesis_64: bf16 chosen, limit bf16 / limit fp32",
         "fine-tuning epoch time: 75-100 cache on / 0-100",
         "100-epoch cached probe / one forward pass",
     ]
@@ -103,7 +102,7 @@ def test_targets_on_constructed_timings_pass():
     ({"pretrain.simclr_28.lightly loop, 0 workers": _row(230)},  # 285 / 230 = 1.24
      {"simclr_28: ssl_ft (bf16) / fastest lightly loop"}),
     ({"pretrain.simclr_28.limit fp32": _row(240)},  # bf16 only 1.25x fp32, yet the default
-     {"simclr_28: bf16 default, limit bf16 / limit fp32"}),
+     {"simclr_28: bf16 chosen, limit bf16 / limit fp32"}),
     ({"finetune.ft 75-100 cache on": _row(250)},  # 0.40x the 0-100 epoch
      {"fine-tuning epoch time: 75-100 cache on / 0-100"}),
     ({"probe_vs_forward.ratio": 1.6}, {"100-epoch cached probe / one forward pass"}),
@@ -116,15 +115,23 @@ def test_each_target_fails_when_its_ratio_misses(change, failing):
 
 
 def test_targets_where_fp32_is_the_default_and_contenders_are_missing():
-    report = _report(precision="fp32")
+    report = _report()
     for res in report["pretrain"].values():
         res["ssl_ft (fp32)"] = res.pop("ssl_ft (bf16)")
     rows = _by_name(targets(report))
-    bf16 = rows["simclr_28: fp32 default, limit bf16 / limit fp32"]
+    bf16 = rows["simclr_28: fp32 chosen, limit bf16 / limit fp32"]
     assert bf16["op"] == "<" and not bf16["pass"]  # bf16 is 1.5x here: fp32 was the wrong choice
     assert rows["simclr_28: ssl_ft (fp32) / limit fp32"]["value"] == pytest.approx(285 / 200)
-    assert targets({"precision": "bf16", "pretrain": {}, "finetune": {},
+    assert targets({"pretrain": {}, "finetune": {},
                     "probe_vs_forward": None}) == []  # nothing measured, nothing judged
+    # each configuration judged by the precision it chose: fp32 at 28 px, bf16 at 64 px
+    mixed = _report()
+    mixed["pretrain"]["simclr_28"]["ssl_ft (fp32)"] = mixed["pretrain"]["simclr_28"].pop(
+        "ssl_ft (bf16)")
+    mixed["pretrain"]["simclr_28"]["limit bf16"] = _row(220)  # bf16 1.1x: fp32 was right
+    rows = _by_name(targets(mixed))
+    assert rows["simclr_28: fp32 chosen, limit bf16 / limit fp32"]["pass"]
+    assert rows["genesis_64: bf16 chosen, limit bf16 / limit fp32"]["pass"]
     only = copy.deepcopy(_report())
     del only["finetune"]["ft 0-100 cache off"]
     assert "fine-tuning epoch time: 75-100 cache on / 0-100" not in _by_name(targets(only))
@@ -147,9 +154,13 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
         assert limit == 40 and names == ["ft 0-100 cache off", "ft 75-100 cache on"]
         return {"ft 0-100 cache off": lambda: 100.0, "ft 75-100 cache on": lambda: 250.0}
 
-    import ssl_ft.pretrain.engine
+    import ssl_ft.pretrain.precision
 
-    monkeypatch.setattr(ssl_ft.pretrain.engine, "pretrain_precision", lambda *a, **k: "bf16")
+    def fake_auto(name, device, method, *, batch, channels, size, channels_last, dist):
+        assert (name, batch, channels, size, channels_last) == ("auto", 16, 1, 28, True)
+        return "bf16", {"choice": "bf16", "speedup": 1.5, "threshold": 1.3, "source": "measured"}
+
+    monkeypatch.setattr(ssl_ft.pretrain.precision, "auto_precision", fake_auto)
     monkeypatch.setattr(B, "pretrain_contenders", fake_pretrain)
     monkeypatch.setattr(B, "finetune_epochs", fake_finetune)
     monkeypatch.setattr(B, "probe_vs_forward", lambda x, y: {"forward_s": 1.0, "probe_s": 1.1,
@@ -171,8 +182,8 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     assert (tmp_path / "prof" / "pretrain_simclr_28" / "limit_fp32.txt").is_file()
     report = json.loads(out.read_text())
     assert report["steps"] == {"simclr_28": 3} and report["rounds"] == 2
-    prec = report["precision"]
-    assert prec == "bf16"
+    assert report["precision"]["simclr_28"]["choice"] == "bf16"
+    prec = "bf16"
     row = report["pretrain"]["simclr_28"][f"ssl_ft ({prec})"]
     assert row["images_per_s"] == 285 and row["rounds"] == [285, 285] and row["peak_rss_mb"] > 0
     assert set(report["finetune"]) == {"ft 0-100 cache off", "ft 75-100 cache on"}

@@ -43,11 +43,11 @@ def test_the_report_compares_ssl_ft_with_its_limit_and_bf16_with_fp32(tmp_path):
                                         "ssl_ft (bf16)": _p(2.0, 10, conv=0.9, blur=0.6)},
                 "finetune": {"ft 75-100 cache on": _p(1.0, 10, mm=0.5),
                              "ft 75-100 cache on bf16": _p(1.5, 10, mm=0.9)}}
-    text = "\n".join(report_lines(sections, "bf16"))
+    text = "\n".join(report_lines(sections))
     assert "`ssl_ft (bf16)` against `limit bf16`" in text and "| `blur` | +60.000 |" in text
     assert "`ft 75-100 cache on bf16` against `ft 75-100 cache on`" in text
     assert "| total | +100.000 |" in text and "| total | +50.000 |" in text
     assert "**ssl_ft (bf16)**: 2.00 s for 10 images" in text and "`blur` 30.0 %" in text
-    path = write(sections, "bf16", tmp_path)
+    path = write(sections, tmp_path)
     assert path.read_text() == text + "\n"
     assert (tmp_path / "pretrain_simclr_28" / "ssl_ft__bf16_.txt").exists()

@@ -119,7 +119,10 @@ def test_two_processes_train_as_one_at_equal_global_batch(data_root, tmp_path, f
     assert int(load_checkpoint(two / "run" / "last.pt").extra["step"]) == 8  # as in one process
     l1, l2 = _losses(one / "run"), _losses(two / "run")
     if fixed_bn:
-        assert _relative_distance(w1, w2, init) < 2e-2  # measured 4.9e-3
+        # measured 4.9e-3 on an AMD EPYC (AVX512-BF16), 2.8e-2 on an Intel Xeon with AMX: the
+        # float reordering of 2 x 16 against 32 images, grown over 8 steps at lr 0.3; per-rank
+        # BatchNorm statistics (below) move the weights 1.5, fifteen times this bound
+        assert _relative_distance(w1, w2, init) < 0.1
         assert l2 == pytest.approx(l1, rel=0.02)  # measured 0.3 %
     else:
         assert l2 == pytest.approx(l1, rel=0.05)  # measured 1 %

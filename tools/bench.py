@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ssl_ft.benchmark import (
         FINETUNE_CONTENDERS,
         alternate,
+        bench_method,
         finetune_epochs,
         pretrain_contenders,
         probe_vs_forward,
@@ -109,11 +110,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ssl_ft.errors import UserError
     from ssl_ft.methods import METHODS
     from ssl_ft.pretrain.config import TrainConfig
-    from ssl_ft.pretrain.engine import pretrain_precision
+    from ssl_ft.pretrain.precision import auto_precision
     from ssl_ft.runtime import Dist, cpu_has_bf16, set_threads
 
     threads = set_threads(args.threads, Dist())
-    precision = pretrain_precision("auto", torch.device("cpu"))  # pretraining's default
     channels_last = TrainConfig().channels_last  # pretraining's default memory format
     for flag in ("rounds", "finetune_rounds", "steps", "finetune_limit", "batch"):
         value = getattr(args, flag)
@@ -138,12 +138,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                         f"{', '.join(repr(n) for n in FINETUNE_CONTENDERS)}")
     ft_limit = args.finetune_limit or (300 if args.quick else 1500)
     clock = _Clock()
-    report = {"threads": threads, "precision": precision, "channels_last": channels_last,
+    report = {"threads": threads, "precision": {}, "channels_last": channels_last,
               "cpu_bf16": cpu_has_bf16(),
               "rounds": rounds, "finetune_rounds": ft_rounds, "batch": args.batch,
               "steps": {}, "finetune_limit": ft_limit, "torch": torch.__version__,
               "pretrain": {}, "finetune": {}, "probe_vs_forward": None}
-    lines = [f"{threads} threads, pretraining default precision {precision}"
+    lines = [f"{threads} threads, pretraining's precision as its `auto` chooses it per "
+             f"configuration (ssl_ft/pretrain/precision.py)"
              f"{', channels_last' if channels_last else ''}, batch {args.batch}, "
              f"{rounds} round(s) after a 1-step warm-up, median images/s"]
     profiles: dict = {}
@@ -152,14 +153,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         with clock.section(f"pretrain {method}_{size}"):
             images = load_data(DATA[size], data_root=args.data_root,
                                limit=args.batch * steps).images["train"]
+            # the precision pretraining's `auto` takes here (measured, or cached from before)
+            model = bench_method(method, images, size)
+            if channels_last:
+                model.to(memory_format=torch.channels_last)
+            precision, how = auto_precision("auto", torch.device("cpu"), model,
+                                            batch=args.batch, channels=images.shape[1],
+                                            size=size, channels_last=channels_last, dist=Dist())
+            report["precision"][f"{method}_{size}"] = how or {"choice": precision}
             contenders = pretrain_contenders(method, images, batch=args.batch, steps=steps,
                                              precision=precision, channels_last=channels_last)
             res = alternate(contenders, rounds, warmup_args={"steps": 1})
             if args.profile:
                 profiles[f"pretrain {method}_{size}"] = profiled(contenders, args.batch * steps)
         rows = {k: r.as_dict() for k, r in res.items()}
-        lines += table(f"{method} resnet18 {size} px ({DATA[size]}), {steps} steps a call", rows,
-                       f"ssl_ft ({precision})")
+        chose = (f"; auto took {precision}: bf16 {how['speedup']:.2f}x fp32 in its "
+                 f"{how['source']} check" if how and "speedup" in how else "")
+        lines += table(f"{method} resnet18 {size} px ({DATA[size]}), {steps} steps a call{chose}",
+                       rows, f"ssl_ft ({precision})")
         report["pretrain"][f"{method}_{size}"] = rows
         report["steps"][f"{method}_{size}"] = steps
     if ft_names:
@@ -188,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.profile:
         from ssl_ft.bench_profile import write
 
-        print(f"wrote {write(profiles, precision, Path(args.profile))}", file=sys.stderr)
+        print(f"wrote {write(profiles, Path(args.profile))}", file=sys.stderr)
     if args.json:
         from ssl_ft.checkpoint import write_json
 

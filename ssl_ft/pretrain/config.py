@@ -61,7 +61,8 @@ class TrainConfig:
     save_every: int = 10           # keep epoch_NNNN.pt every N epochs (0: only last.pt)
     threads: int | None = None     # torch threads (default: cores / local processes)
     device: str = "auto"           # auto | cpu | cuda | cuda:N
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs and bf16 CPUs
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPUs; measured
+    #                                on bf16 CPUs (ssl_ft.pretrain.precision)
     deterministic: bool = False    # torch.use_deterministic_algorithms (exact resume on the CPU)
     channels_last: bool = True     # the method in channels_last memory format: 1.08-1.65x here (docs/performance.md)
     compile: bool = False          # torch.compile the backbone (GPU; see docs/performance.md)

@@ -41,6 +41,7 @@ from ssl_ft.models import check_input_size, create_backbone
 from ssl_ft.pretrain.config import PretrainConfig
 from ssl_ft.pretrain.data import PretrainData, WeightedEpochSampler, load_pretrain_data
 from ssl_ft.pretrain.evaluate import probe
+from ssl_ft.pretrain.precision import auto_precision
 from ssl_ft.pretrain.summary import best_epoch, run_summary
 from ssl_ft.resume import PRETRAIN_MAY_CHANGE, check_same_recipe, checkpoint_complete
 from ssl_ft.runlock import RunLock
@@ -49,7 +50,6 @@ from ssl_ft.runtime import (
     autocast,
     distributed,
     grad_scaler,
-    resolve_precision,
     seed_everything,
     set_threads,
 )
@@ -162,7 +162,7 @@ def evaluate(method: SSLMethod, splits: ArraySplits, cfg: PretrainConfig, device
 
 
 def _meta(cfg: PretrainConfig, method: SSLMethod, data: PretrainData, epoch: int,
-          precision: str) -> dict:
+          precision: str, auto: dict | None = None) -> dict:
     info = data.info
     return {
         "method": cfg.method,
@@ -178,6 +178,7 @@ def _meta(cfg: PretrainConfig, method: SSLMethod, data: PretrainData, epoch: int
         "data_fingerprint": info.fingerprint,
         "sources": data.pool.sources,
         "precision": precision,
+        "precision_auto": auto,  # how `train.precision: auto` chose (ssl_ft.pretrain.precision)
         "epoch": epoch,
     }
 
@@ -225,15 +226,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool | None
         return _pretrain(cfg, dist, device, resume, progress)
 
 
-def pretrain_precision(name: str, device: torch.device) -> str:
-    """What ``train.precision`` resolves to: ``auto`` is bf16 (fp16 without bf16) on a GPU and
-    bf16 autocast on a CPU with native bf16 kernels (1.05-1.22x fp32 at 28 px on 2 threads,
-    1.4-1.9x at 64 px: ``tools/bench.py``), else fp32; an explicit value as given. Whether bf16
-    costs probe AUC is open: over three pretraining seeds PneumoniaMNIST's probes were level and
-    BreastMNIST's test AUC lower on every seed, its val AUC higher (docs/performance.md)."""
-    return resolve_precision(name, device, cpu_auto="bf16")
-
-
 def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: bool,
               progress: bool | None) -> Path:
     out = Path(cfg.out)
@@ -244,15 +236,17 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     seed_everything(cfg.seed)
     data, method = _data_and_method(cfg, device)
     info = data.info
-    precision = pretrain_precision(cfg.train.precision, device)
     optimizer = _optimizer(cfg, method)
     tensor = image_tensor(data.images)
     loader, sampler = _loader(cfg, data, tensor, dist, device)
     steps_per_epoch = len(loader)
     total = steps_per_epoch * cfg.train.epochs
     lr_fn = _schedule(cfg, steps_per_epoch)
-    start_epoch, step, history = _resume(cfg, method, optimizer, out / "last.pt", resume, dist,
-                                         device, info)
+    start_epoch, step, history, resumed = _resume(cfg, method, optimizer, out / "last.pt",
+                                                  resume, dist, device, info)
+    precision, auto = auto_precision(
+        cfg.train.precision, device, method, batch=loader.batch_size, channels=info.n_channels,
+        size=info.image_size, channels_last=cfg.train.channels_last, dist=dist, resumed=resumed)
     model = ddp(method, device) if dist.enabled else method
     if cfg.train.compile:
         # the backbone only, in place (state-dict keys unchanged): the methods' augmentations
@@ -260,12 +254,12 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         method.backbone.compile()
     log = None
     if dist.is_main:
-        log = _open_log(cfg, method, data, out, start_epoch, step, history, precision)
+        log = _open_log(cfg, method, data, out, start_epoch, step, history, precision, auto)
         print(f"pretraining {cfg.method} on {info.name}: {len(tensor)} images "
               f"{info.image_size}px x{info.n_channels}, {cfg.model.arch} "
               f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
-              f"device {device}, {precision}, {threads} threads, world {dist.world_size}",
-              file=sys.stderr)
+              f"device {device}, {precision}{_why(auto)}, {threads} threads, world "
+              f"{dist.world_size}", file=sys.stderr)
     writer = log.writer if log is not None else None
     show = show_progress(dist, progress)
     scoring = cfg.eval.every and data.eval is not None
@@ -290,7 +284,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         history.append(stats)
         if dist.is_main:
             _end_of_epoch(cfg, method, optimizer, data, out, epoch + 1, step, history,
-                          log, last_epoch, precision)
+                          log, last_epoch, precision, auto)
     if log is not None:
         log.close()
     return out
@@ -345,27 +339,39 @@ def _schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 def _resume(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
             last: Path, resume: bool, dist: Dist, device: torch.device,
-            info: DataInfo) -> tuple[int, int, list[dict]]:
-    """``(start_epoch, step, history)``: from ``last`` when resuming a run that has it."""
+            info: DataInfo) -> tuple[int, int, list[dict], str | None]:
+    """``(start_epoch, step, history, precision)``: from ``last`` when resuming a run that has
+    it (``precision``: the one it ran in; None for a new run)."""
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         _check_resumable(ckpt.meta, cfg, last, info)
         load_method_state(method, ckpt.backbone, ckpt.extra)
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         return (int(ckpt.meta["epoch"]), int(ckpt.extra["step"]),
-                decode_history(ckpt.extra.get("history", [])))
+                decode_history(ckpt.extra.get("history", [])), ckpt.meta.get("precision"))
     if resume and dist.is_main:
         print(f"no {last} yet: starting from epoch 1", file=sys.stderr)
-    return 0, 0, []
+    return 0, 0, [], None
+
+
+def _why(auto: dict | None) -> str:
+    """How ``auto`` chose the precision, for the run's first line."""
+    if auto is None:
+        return ""
+    if auto["source"] == "last.pt":
+        return " (auto: as the run being resumed)"
+    return (f" (auto: bf16 {auto['speedup']:.2f}x fp32 {'>=' if auto['choice'] == 'bf16' else '<'}"
+            f" {auto['threshold']:g}, {auto['source']})")
 
 
 def _open_log(cfg: PretrainConfig, method: SSLMethod, data: PretrainData, out: Path,
-              start_epoch: int, step: int, history: list[dict], precision: str) -> RunLog:
+              start_epoch: int, step: int, history: list[dict], precision: str,
+              auto: dict | None) -> RunLog:
     # no rows of an epoch cut short by a kill (the epoch-0 score lives in history only)
     log = RunLog(out, resolved_recipe(cfg, data.info),
                  [h for h in history if h.get("epoch", 0) >= 1])
     if start_epoch:  # a kill after last.pt may have cut its snapshot / checkpoint.pt short
-        _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision), out,
+        _derived_files(cfg, method, _meta(cfg, method, data, start_epoch, precision, auto), out,
                        start_epoch, history, only_missing=True,
                        extra={"method_state": _head_state(method),
                               "seen_codes": torch.from_numpy(data.pool.codes)})
@@ -385,10 +391,10 @@ def _log_images(writer: Any, method: SSLMethod, tensor: torch.Tensor, max_value:
 
 def _end_of_epoch(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
                   data: PretrainData, out: Path, epoch: int, step: int, history: list[dict],
-                  log: RunLog, last_epoch: bool, precision: str) -> None:
+                  log: RunLog, last_epoch: bool, precision: str, auto: dict | None) -> None:
     warn_if_diverging(history, "loss")
     log.epoch(history[-1], cfg.train.epochs)
-    meta = _meta(cfg, method, data, epoch, precision)
+    meta = _meta(cfg, method, data, epoch, precision, auto)
     backbone = method.backbone.state_dict()
     state = method_state(method)
     seen = {"seen_codes": torch.from_numpy(data.pool.codes)}
@@ -420,6 +426,7 @@ def _derived_files(cfg: PretrainConfig, method: SSLMethod, meta: dict, out: Path
         summary = run_summary(history, f"{cfg.eval.method}_auc")
         # what `train.precision: auto` resolved to, and the memory format (docs/performance.md)
         summary["runtime"] = {"precision": meta["precision"],
+                              "precision_auto": meta.get("precision_auto"),
                               "channels_last": cfg.train.channels_last,
                               "compile": cfg.train.compile}
         write_json(out / "summary.json", summary)
