@@ -65,8 +65,11 @@ def test_bf16_only_where_it_pays_and_each_configuration_measured_once(method, mo
     assert sorted(r["choice"] for r in table.values()) == ["bf16", "fp32"]
     # a resumed run keeps its precision; explicit values and CPUs without bf16: no measuring
     calls = _fake(monkeypatch, 2.0)
-    assert P.auto_precision("auto", cpu, method, batch=64, resumed="fp32", **kw) == (
-        "fp32", {"source": "last.pt", "choice": "fp32"})
+    assert P.auto_precision("auto", cpu, method, batch=64, resumed=("fp32", None), **kw) == (
+        "fp32", {"source": "last.pt", "choice": "fp32"})  # a checkpoint without a record
+    kept = {"choice": "bf16", "speedup": 1.4, "source": "measured"}
+    assert P.auto_precision("auto", cpu, method, batch=64, resumed=("bf16", kept), **kw) == (
+        "bf16", kept)
     assert P.auto_precision("fp32", cpu, method, batch=64, **kw) == ("fp32", None)
     monkeypatch.setattr(P, "cpu_has_bf16", lambda: False)
     assert P.auto_precision("auto", cpu, method, batch=64, **kw) == ("fp32", None)
@@ -99,4 +102,5 @@ def test_pretraining_records_the_choice_and_a_resumed_run_keeps_it(data_root, tm
     assert run(tool("pretrain").main, [*argv, "--resume"]) == 0
     assert calls == [] and "bf16 (auto: as the run being resumed)" in capsys.readouterr().err
     runtime = json.loads((out / "summary.json").read_text())["runtime"]
-    assert runtime["precision"] == "bf16" and runtime["precision_auto"]["source"] == "last.pt"
+    # the record of how the run chose, as an uninterrupted run would have it
+    assert runtime["precision"] == "bf16" and runtime["precision_auto"]["speedup"] == 1.6

@@ -15,8 +15,9 @@ once, in a seeded shuffled order, so each checkpoint write is hit when there are
 (``--resume``; the same command for study.py) and must end with status 0, with every tensor of every
 ``.pt`` file (weights, heads, optimiser states) and every metrics file equal to the reference's,
 and with no temporary or lock file left. Wall-clock fields (keys named ``seconds`` or ending
-in ``_seconds`` or ``_s``, such as ``images_per_s``, and a checkpoint's ``created``) are left out
-of the comparison; everything else must match exactly.
+in ``_seconds`` or ``_s``, such as ``images_per_s``, a checkpoint's ``created``, and
+``precision_auto``, the timed fp32/bf16 steps behind ``train.precision: auto``) are left out of
+the comparison; everything else, the ``precision`` chosen included, must match exactly.
 Every run of a tool uses the same folder, so paths inside the files match too.
 
 The runs are tiny (64 PneumoniaMNIST images, 2 epochs, batches of 32) and deterministic
@@ -46,9 +47,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 #: Wall-clock fields, the only ones left out of the comparison: by the library's naming,
 #: ``seconds`` and keys ending in ``_seconds`` or ``_s`` (``images_per_s``, ``wall_time_s``,
-#: ``probe_seconds``, ...), and ``created`` (a checkpoint's write time).
+#: ``probe_seconds``, ...), ``created`` (a checkpoint's write time) and ``precision_auto`` (the
+#: timed steps behind ``train.precision: auto``, ssl_ft.pretrain.precision; the precision it
+#: chose is the ``precision`` key beside it, compared).
 TIMING_SUFFIXES = ("_seconds", "_s")
-TIMING_KEYS = ("seconds", "created")
+TIMING_KEYS = ("seconds", "created", "precision_auto")
 #: Files that hold nothing but wall-clock records (a study's, ssl_ft.study.profile_report).
 TIMING_FILES = ("timing.jsonl", "profile.json")
 

@@ -247,6 +247,8 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
     precision, auto = auto_precision(
         cfg.train.precision, device, method, batch=loader.batch_size, channels=info.n_channels,
         size=info.image_size, channels_last=cfg.train.channels_last, dist=dist, resumed=resumed)
+    how = _why(auto) if resumed is None or cfg.train.precision != "auto" else \
+        " (auto: as the run being resumed)"
     model = ddp(method, device) if dist.enabled else method
     if cfg.train.compile:
         # the backbone only, in place (state-dict keys unchanged): the methods' augmentations
@@ -258,7 +260,7 @@ def _pretrain(cfg: PretrainConfig, dist: Dist, device: torch.device, resume: boo
         print(f"pretraining {cfg.method} on {info.name}: {len(tensor)} images "
               f"{info.image_size}px x{info.n_channels}, {cfg.model.arch} "
               f"({cfg.model.stem} stem), {cfg.train.epochs} epochs x {steps_per_epoch} steps, "
-              f"device {device}, {precision}{_why(auto)}, {threads} threads, world "
+              f"device {device}, {precision}{how}, {threads} threads, world "
               f"{dist.world_size}", file=sys.stderr)
     writer = log.writer if log is not None else None
     show = show_progress(dist, progress)
@@ -339,16 +341,17 @@ def _schedule(cfg: PretrainConfig, steps_per_epoch: int) -> Callable[[int], floa
 
 def _resume(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optimizer,
             last: Path, resume: bool, dist: Dist, device: torch.device,
-            info: DataInfo) -> tuple[int, int, list[dict], str | None]:
+            info: DataInfo) -> tuple[int, int, list[dict], tuple | None]:
     """``(start_epoch, step, history, precision)``: from ``last`` when resuming a run that has
-    it (``precision``: the one it ran in; None for a new run)."""
+    it (``precision``: the one it ran in and how it was chosen; None for a new run)."""
     if resume and last.exists():
         ckpt = load_checkpoint(last, map_location=device)
         _check_resumable(ckpt.meta, cfg, last, info)
         load_method_state(method, ckpt.backbone, ckpt.extra)
         optimizer.load_state_dict(ckpt.extra["optimizer"])
         return (int(ckpt.meta["epoch"]), int(ckpt.extra["step"]),
-                decode_history(ckpt.extra.get("history", [])), ckpt.meta.get("precision"))
+                decode_history(ckpt.extra.get("history", [])),
+                (ckpt.meta.get("precision"), ckpt.meta.get("precision_auto")))
     if resume and dist.is_main:
         print(f"no {last} yet: starting from epoch 1", file=sys.stderr)
     return 0, 0, [], None
@@ -356,10 +359,8 @@ def _resume(cfg: PretrainConfig, method: SSLMethod, optimizer: torch.optim.Optim
 
 def _why(auto: dict | None) -> str:
     """How ``auto`` chose the precision, for the run's first line."""
-    if auto is None:
+    if auto is None or "speedup" not in auto:
         return ""
-    if auto["source"] == "last.pt":
-        return " (auto: as the run being resumed)"
     return (f" (auto: bf16 {auto['speedup']:.2f}x fp32 {'>=' if auto['choice'] == 'bf16' else '<'}"
             f" {auto['threshold']:g}, {auto['source']})")
 

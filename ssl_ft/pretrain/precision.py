@@ -111,7 +111,10 @@ def _cached(key: str) -> dict[str, Any] | None:
 
 
 def _store(key: str, record: dict[str, Any]) -> None:
-    from ssl_ft.checkpoint import write_json
+    """Add ``record`` to the cache, atomically (a temp file renamed over it). Not through
+    :func:`ssl_ft.checkpoint.write_json`: the cache is not one of the run's files, so it stays
+    out of the run's write log (``tools/killtest.py`` counts the run's own atomic writes)."""
+    import tempfile
 
     path = _cache_file()
     try:
@@ -120,23 +123,29 @@ def _store(key: str, record: dict[str, Any]) -> None:
         table = {}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, {**table, key: record})
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".precision.",
+                                         suffix=".tmp", delete=False) as f:
+            json.dump({**table, key: record}, f, indent=1)
+        os.replace(f.name, path)
     except OSError:
         pass  # (a read-only home: measured again next time)
 
 
 def auto_precision(name: str, device: torch.device, method: torch.nn.Module, *, batch: int,
                    channels: int, size: int, channels_last: bool, dist: Dist,
-                   resumed: str | None = None) -> tuple[str, dict[str, Any] | None]:
+                   resumed: tuple[str, dict[str, Any] | None] | None = None
+                   ) -> tuple[str, dict[str, Any] | None]:
     """``(precision, record)``: ``name`` resolved (module docstring); ``record`` says how
-    (``source``: ``measured``, ``cache`` or ``last.pt``, the speeds and the bar), None where
-    nothing was measured. ``resumed``: the precision of the run being resumed."""
+    (``source``: ``measured`` or ``cache``, the speeds and the bar), None where nothing was
+    measured. ``resumed``: the precision and record of the run being resumed, kept as they are
+    (so that its files are those of an uninterrupted run; ``source: last.pt`` for a run whose
+    checkpoint has no record)."""
     if name != "auto" or device.type != "cpu":
         return resolve_precision(name, device), None
     if not cpu_has_bf16():
         return "fp32", None
     if resumed is not None:
-        return resumed, {"source": "last.pt", "choice": resumed}
+        return resumed[0], resumed[1] or {"source": "last.pt", "choice": resumed[0]}
     key = _cache_key(method, batch, channels, size, channels_last)
     record = _shared(_cached(key) if dist.is_main else None, dist)
     if record is not None:
