@@ -18,7 +18,6 @@ outside operators. The profiler slows small operators down: read the shares, not
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -87,8 +86,10 @@ def comparisons(names: Iterable[str]) -> list[tuple[str, str]]:
     :func:`report_lines` tabulates where the section has both: ssl_ft against the limit at its
     precision (the ``ssl_ft (<precision>)`` row); fine-tuning's cached ``75-100`` in bf16
     against fp32, and cached against uncached."""
-    own = [m.group(1) for m in map(re.compile(r"ssl_ft \((\w+)\)").fullmatch, names) if m]
-    return [*((f"ssl_ft ({p})", f"limit {p}") for p in own[:1]),
+    from ssl_ft.benchmark import own_precision
+
+    own = own_precision(names)
+    return [*([(f"ssl_ft ({own})", f"limit {own}")] if own else []),
             ("ft 75-100 cache on bf16", "ft 75-100 cache on"),
             ("ft 75-100 cache on", "ft 75-100 cache off")]
 

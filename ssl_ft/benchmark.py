@@ -37,7 +37,7 @@ import re
 import statistics
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 __all__ = ["FINETUNE_CONTENDERS", "TARGETS", "RssSampler", "Result", "alternate", "bench_method",
-           "finetune_epochs", "pretrain_contenders", "probe_vs_forward", "targets"]
+           "finetune_epochs", "own_precision", "pretrain_contenders", "probe_vs_forward", "targets"]
 
 
 def _rss_bytes() -> int:
@@ -373,6 +373,13 @@ def _holds(value: float, op: str, threshold: float) -> bool:
     return bool(ops[op])  # NaN (a contender that did not run) fails every comparison
 
 
+def own_precision(names: Iterable[str]) -> str | None:
+    """The precision of a pretraining section's ``ssl_ft (<precision>)`` row (the one
+    pretraining's ``auto`` chose there), None without such a row."""
+    found = [m.group(1) for m in map(re.compile(r"ssl_ft \((\w+)\)").fullmatch, names) if m]
+    return found[0] if found else None
+
+
 def targets(report: dict) -> list[dict]:
     """Issue #16's targets computed from a benchmark ``report`` (what ``tools/bench.py --json``
     writes: ``pretrain[config][contender]["images_per_s"]`` with the row ``ssl_ft
@@ -398,10 +405,9 @@ def targets(report: dict) -> list[dict]:
 
     for config, res in report.get("pretrain", {}).items():
         rate = {name: float(r["images_per_s"]) for name, r in res.items()}
-        mine = [m.group(1) for m in map(re.compile(r"ssl_ft \((\w+)\)").fullmatch, rate) if m]
-        if not mine:
+        precision = own_precision(rate)  # what pretraining's `auto` chose for this configuration
+        if precision is None:
             continue
-        precision = mine[0]  # what pretraining's `auto` chose for this configuration
         own = rate[f"ssl_ft ({precision})"]
         if f"limit {precision}" in rate:
             add(f"{config}: ssl_ft ({precision}) / limit {precision}",

@@ -24,6 +24,7 @@ __all__ = [
     "Dist",
     "autocast",
     "available_cores",
+    "cache_dir",
     "check_can_create",
     "cleanup_distributed",
     "cpu_has_bf16",
@@ -246,3 +247,9 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def cache_dir(given: str | None = None) -> Path:
+    """The project's cache folder (fusion features, pretraining's measured precision choices):
+    ``given``, else ``$SSL_FT_CACHE``, else ``~/.cache/ssl_ft``."""
+    return Path(given or os.environ.get("SSL_FT_CACHE") or "~/.cache/ssl_ft").expanduser()

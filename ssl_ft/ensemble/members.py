@@ -33,6 +33,7 @@ from ssl_ft.features import extract_features
 from ssl_ft.finetune.model import build_backbone
 from ssl_ft.models import check_input_size
 from ssl_ft.models.depth import DepthMap, Selection
+from ssl_ft.runtime import cache_dir
 
 __all__ = ["DEFAULT_DEPTH", "Member", "block_normalize", "cache_dir", "file_sha256", "peek_meta",
            "load_members", "member_features"]
@@ -71,10 +72,6 @@ class Member:
     @property
     def trained(self) -> bool:
         return any(s == "trained" for s in self.selection.status)
-
-
-def cache_dir(given: str | None) -> Path:
-    return Path(given or os.environ.get("SSL_FT_CACHE") or "~/.cache/ssl_ft").expanduser()
 
 
 _HASHES: dict[tuple, str] = {}

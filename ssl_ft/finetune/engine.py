@@ -209,6 +209,11 @@ class Run:
                       self.history, self.probe)
         self.cadence.written()
 
+    def flush(self) -> None:
+        """:meth:`write` the finished epoch in memory, if it is not written yet."""
+        if self.dist.is_main and self.cadence.dirty:
+            self.write()
+
     def val_curve(self) -> list[float]:
         """Val AUC of every trained epoch so far (lp-ft's epoch-0 probe row is not one; lp has
         only that row)."""
@@ -223,8 +228,7 @@ class Run:
         dst = Path(cfg.out)
         if self.log is not None:
             self.log.close()
-        if self.dist.is_main and self.cadence.dirty:
-            self.write()
+        self.flush()
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("best.pt", "last.pt"):
             if (self.out / name).exists():
@@ -240,8 +244,7 @@ class Run:
     def close(self, test: bool = True) -> None:
         """Close the log; with ``test`` and every epoch trained, evaluate the best model on val
         and test and write ``metrics.json`` / ``model.pt``."""
-        if self.dist.is_main and self.cadence.dirty:
-            self.write()
+        self.flush()
         if self.log is not None:
             self.log.close()
             self.log = None

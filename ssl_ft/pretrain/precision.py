@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ssl_ft.runtime import Dist, autocast, cpu_has_bf16, resolve_precision
+from ssl_ft.runtime import Dist, autocast, cache_dir, cpu_has_bf16, resolve_precision
 
 __all__ = ["BF16_MIN_SPEEDUP", "auto_precision", "measure_bf16"]
 
@@ -80,8 +80,7 @@ def measure_bf16(method: torch.nn.Module, batch: int, channels: int, size: int,
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get("SSL_FT_CACHE") or "~/.cache/ssl_ft").expanduser() / \
-        "precision.json"
+    return cache_dir() / "precision.json"
 
 
 def _cpu_name() -> str:
