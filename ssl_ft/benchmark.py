@@ -142,16 +142,12 @@ def bench_method(name: str, images: np.ndarray, size: int, stem: str = "standard
 
 def _step_rate(method, optimizer, batches: Callable[[], Iterator[torch.Tensor]],
                precision: str) -> float:
-    from ssl_ft.runtime import autocast
+    from ssl_ft.pretrain.precision import train_step
 
     device = torch.device("cpu")
     start, count = time.perf_counter(), 0
     for x in batches():
-        with autocast(device, precision):
-            loss = method(x)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(method, optimizer, x, device, precision)
         method.after_step(0, 1)
         count += len(x)
     return count / (time.perf_counter() - start)
@@ -165,7 +161,8 @@ def _sgd(method: torch.nn.Module) -> torch.optim.Optimizer:
 
 def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, steps: int,
                         precision: str, lightly_workers: tuple[int, ...] = (0, 2),
-                        stem: str = "standard", channels_last: bool = True
+                        stem: str = "standard", channels_last: bool = True,
+                        method: torch.nn.Module | None = None
                         ) -> dict[str, Callable[..., float]]:
     """The pretraining contenders (module docstring) for ``images`` ``(N, C, S, S)`` uint8,
     each a function ``run(steps=steps)`` that trains ``steps`` steps of ``batch`` images and
@@ -173,15 +170,18 @@ def pretrain_contenders(method_name: str, images: np.ndarray, *, batch: int, ste
     ``channels_last``: pretraining's memory format (``train.channels_last``, on by default).
     The limits, ``ssl_ft (<precision>)`` and the lightly loops use the method in that format
     (the usual loop gets the same model: only the data path differs); ``ssl_ft (<precision>,
-    contiguous)`` / ``(<precision>, channels_last)`` is a second copy in the other format."""
+    contiguous)`` / ``(<precision>, channels_last)`` is a second copy in the other format.
+    ``method``: the first copy, if already built by :func:`bench_method` and put in that format
+    (``tools/bench.py`` builds it to measure ``auto``'s precision on it)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     from ssl_ft.pretrain.engine import train_one_epoch
 
     size = images.shape[-1]
-    method = bench_method(method_name, images, size, stem)
-    if channels_last:  # as the engine does for train.channels_last: the whole method
-        method.to(memory_format=torch.channels_last)
+    if method is None:
+        method = bench_method(method_name, images, size, stem)
+        if channels_last:  # as the engine does for train.channels_last: the whole method
+            method.to(memory_format=torch.channels_last)
     opt = _sgd(method)
     real_augment = method.augment
     x = torch.from_numpy(images[:batch]).float() / 255

@@ -143,10 +143,12 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
     targets with pass and FAIL, the JSON."""
     rates = _report()["pretrain"]["simclr_28"]
     calls: list[tuple[str, dict]] = []
+    measured: list = []
 
-    def fake_pretrain(method, images, *, batch, steps, precision, channels_last):
+    def fake_pretrain(method_name, images, *, batch, steps, precision, channels_last, method):
         assert images.shape == (16 * 3, 1, 28, 28) and (batch, steps, precision) == (16, 3, "bf16")
         assert channels_last  # pretraining's default memory format
+        assert method_name == "simclr" and measured == [method]  # the model auto measured on
         return {n: (lambda n=n, **kw: calls.append((n, kw)) or rates[n]["images_per_s"])
                 for n in rates}
 
@@ -158,6 +160,7 @@ def test_tool_table_and_json_from_fake_contenders(data_root, tool, tmp_path, cap
 
     def fake_auto(name, device, method, *, batch, channels, size, channels_last, dist):
         assert (name, batch, channels, size, channels_last) == ("auto", 16, 1, 28, True)
+        measured.append(method)
         return "bf16", {"choice": "bf16", "speedup": 1.5, "threshold": 1.3, "source": "measured"}
 
     monkeypatch.setattr(ssl_ft.pretrain.precision, "auto_precision", fake_auto)

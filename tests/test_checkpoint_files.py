@@ -4,6 +4,7 @@ result (found by mutation testing)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def test_the_write_log_lists_every_target(tmp_path, monkeypatch):
     F.write_json(tmp_path / "b.json", {})
     assert log.read_text() == f"{tmp_path / 'a'}\n{tmp_path / 'b.json'}\n"
     assert (tmp_path / "a").read_bytes() == b"1"
+
+
+def test_a_file_that_is_not_the_runs_own_is_neither_logged_nor_killed_at(tmp_path, monkeypatch):
+    log = tmp_path / "writes.log"
+    monkeypatch.setenv(F.WRITE_LOG_ENV, str(log))
+    monkeypatch.setenv(F.KILL_AT_WRITE_ENV, "1")  # would SIGKILL this process at a counted write
+    monkeypatch.setattr(F, "_writes", 0)
+    F.write_json(tmp_path / "cache.json", {"k": 1}, run_file=False)
+    F.atomic_write(tmp_path / "c", lambda f: f.write(b"2"), run_file=False)
+    assert not log.exists() and F._writes == 0
+    assert json.loads((tmp_path / "cache.json").read_text()) == {"k": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "cache.json"]  # no temp file
 
 
 def test_stale_temp_files_are_those_of_dead_writers_on_this_host(tmp_path):

@@ -32,13 +32,30 @@ def test_the_measurement_leaves_the_method_and_the_random_state_alone(method):
     assert torch.equal(torch.rand(3), expected)  # the run's random stream is where it was
     assert all(torch.equal(before[k], v) for k, v in method.state_dict().items())
     assert got["fp32_images_per_s"] > 0 and got["bf16_images_per_s"] > 0
-    assert got["speedup"] == pytest.approx(got["bf16_images_per_s"] / got["fp32_images_per_s"])
+    # the median of one ratio per round, not the ratio of the totals
+    assert len(got["round_speedups"]) == P.CHECK_ROUNDS == 3
+    assert got["speedup"] == sorted(got["round_speedups"])[1]
+
+
+def test_one_slow_step_does_not_decide_the_check(method, monkeypatch):
+    """One step ten times slower swings a ratio of totals (here to 3.4x); the median of the
+    rounds' ratios stays at the true 1.5x."""
+    times = iter([0.0, 1.0, 1.0, 2.0,  # the warm-up steps, fp32 then bf16
+                  # rounds of fp32, bf16, bf16, fp32 (each step: start, end)
+                  0.0, 10.0, 0.0, 0.5, 0.0, 0.5, 0.0, 1.0,
+                  0.0, 1.5, 0.0, 1.0, 0.0, 1.0, 0.0, 1.5,
+                  0.0, 1.5, 0.0, 1.0, 0.0, 1.0, 0.0, 1.5])
+    monkeypatch.setattr(P.time, "perf_counter", lambda: next(times))
+    got = P.measure_bf16(method, 4, 1, 28, torch.device("cpu"))
+    assert got["round_speedups"] == [11.0, 1.5, 1.5]
+    assert got["speedup"] == 1.5
+    assert got["fp32_images_per_s"] == pytest.approx(24 / 17.0)  # 2 x 4 images x 3 rounds
 
 
 def _fake(monkeypatch, speedup: float) -> list[int]:
     calls: list[int] = []
 
-    def measure(method, batch, channels, size, device, steps=2):
+    def measure(method, batch, channels, size, device, rounds=3):
         calls.append(batch)
         return {"fp32_images_per_s": 100.0, "bf16_images_per_s": 100.0 * speedup,
                 "speedup": speedup}
@@ -74,6 +91,25 @@ def test_bf16_only_where_it_pays_and_each_configuration_measured_once(method, mo
     monkeypatch.setattr(P, "cpu_has_bf16", lambda: False)
     assert P.auto_precision("auto", cpu, method, batch=64, **kw) == ("fp32", None)
     assert calls == []
+
+
+def test_the_cache_is_outside_the_runs_write_log_and_an_unwritable_one_is_skipped(
+        method, monkeypatch, tmp_path):
+    from ssl_ft.checkpoint import _files as F
+
+    log = tmp_path / "writes.log"
+    monkeypatch.setenv(F.WRITE_LOG_ENV, str(log))
+    monkeypatch.setenv("SSL_FT_CACHE", str(tmp_path / "cache"))
+    cpu, kw = torch.device("cpu"), dict(channels=1, size=28, channels_last=True, dist=Dist())
+    calls = _fake(monkeypatch, 1.5)
+    assert P.auto_precision("auto", cpu, method, batch=16, **kw)[0] == "bf16"
+    assert len(json.loads((tmp_path / "cache" / "precision.json").read_text())) == 1
+    assert not log.exists()  # written, but not as one of the run's files
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("SSL_FT_CACHE", str(tmp_path / "blocked"))
+    for _ in range(2):  # nothing cached, so measured each time, and no error
+        assert P.auto_precision("auto", cpu, method, batch=16, **kw)[1]["source"] == "measured"
+    assert calls == [16, 16, 16]
 
 
 def test_pretraining_records_the_choice_and_a_resumed_run_keeps_it(data_root, tmp_path, tool,

@@ -162,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                             size=size, channels_last=channels_last, dist=Dist())
             report["precision"][f"{method}_{size}"] = how or {"choice": precision}
             contenders = pretrain_contenders(method, images, batch=args.batch, steps=steps,
-                                             precision=precision, channels_last=channels_last)
+                                             precision=precision, channels_last=channels_last,
+                                             method=model)
             res = alternate(contenders, rounds, warmup_args={"steps": 1})
             if args.profile:
                 profiles[f"pretrain {method}_{size}"] = profiled(contenders, args.batch * steps)

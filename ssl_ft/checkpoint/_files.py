@@ -25,7 +25,8 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], object], *,
+                 run_file: bool = True) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, fsync it and rename it onto ``path``.
 
     Readers see either the previous file or the complete new one, even if the process is killed
@@ -34,7 +35,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
     A symlink at ``path`` is replaced by the new file; the file it pointed to is left alone (so
     a ``last.pt -> epoch3.pt`` link never overwrites ``epoch3.pt``). ``OSError`` (no
     permission) becomes :class:`UserError`, a full disk or quota :class:`DiskFullError`; other
-    exceptions propagate unchanged.
+    exceptions propagate unchanged. ``run_file=False`` marks a file that is not one of a run's
+    own (a per-machine cache): ``tools/killtest.py``'s hooks neither count nor log it.
     """
     target = Path(path)
     if target.is_dir():
@@ -52,7 +54,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], obje
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        _fault_point(target)
+        if run_file:
+            _fault_point(target)
         os.replace(tmp, target)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -130,11 +133,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def write_json(path: str | os.PathLike[str], obj: object) -> Path:
+def write_json(path: str | os.PathLike[str], obj: object, *, run_file: bool = True) -> Path:
     """Write ``obj`` as indented JSON through :func:`atomic_write` (a reader never sees half a
-    ``metrics.json``)."""
+    ``metrics.json``; ``run_file`` as there)."""
     text = json.dumps(obj, indent=2) + "\n"
-    return atomic_write(path, lambda file: file.write(text.encode()))
+    return atomic_write(path, lambda file: file.write(text.encode()), run_file=run_file)
 
 
 def _fsync_dir(directory: Path) -> None:
