@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two studies behind docs/results.md. Usage: bash docs/runs/studies.sh RUNS_DIR [khan_fang|davila]
 #   khan_fang: needs RUNS_DIR/{simclr,moco,genesis}_pneumoniamnist/checkpoint.pt; they are
-#              pretrained here with the shipped recipes if missing (~30 min each on 2 cores).
+#              pretrained here with the shipped recipes if missing one after another (measured
+#              2026-12-02: 12-13 min each on one pinned core in bf16, two lanes at once, docs/results.md).
 #   davila:    pretrains its three SimCLR sources itself, then runs its cells.
 # Both resume: re-run the same command after a kill. Reports: RUNS_DIR/study/NAME/results.md
 # The data root is $SSL_FT_DATA (default here: ../shared/data next to the repository).
