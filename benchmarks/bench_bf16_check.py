@@ -12,7 +12,7 @@ import statistics
 
 import torch
 
-from ssl_ft.benchmark import bench_method, pretrain_contenders
+from ssl_ft.benchmark import alternate, bench_method, pretrain_contenders
 from ssl_ft.data import load_data
 from ssl_ft.pretrain.precision import measure_bf16
 
@@ -28,11 +28,10 @@ def main() -> None:
         three = [measure_bf16(method, 256, 1, 28, cpu, rounds=3) for _ in range(2)]
         runs = pretrain_contenders(name, images, batch=256, steps=4, precision="bf16",
                                    method=method)
-        runs["limit fp32"](steps=1), runs["limit bf16"](steps=1)  # warm-up
-        limits = []
-        for _ in range(3):
-            fp32 = runs["limit fp32"]()
-            limits.append(runs["limit bf16"]() / fp32)
+        res = alternate({k: runs[k] for k in ("limit fp32", "limit bf16")}, 3,
+                        warmup_args={"steps": 1})  # as tools/bench.py times them
+        limits = [b / a for a, b in zip(res["limit fp32"].rates, res["limit bf16"].rates,
+                                        strict=True)]
         print(f"{name}: check of 1 round {[round(x, 2) for x in one]}; of 3 rounds, medians "
               f"{[round(r['speedup'], 2) for r in three]} (rounds "
               f"{[[round(x, 2) for x in r['round_speedups']] for r in three]}); limits per round "
